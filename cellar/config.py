@@ -1,0 +1,185 @@
+"""The one config loader: YAML files validated by pydantic, used by the server, the CLI and tests.
+
+A bad config never gets past `load_config`: the ConfigError it raises names the file, the key
+(e.g. `models[0].llamacpp.n_ctx`) and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cellar.errors import ConfigError
+
+ENV_CONFIG = "CELLAR_CONFIG"
+ENV_HOST = "CELLAR_HOST"
+ENV_PORT = "CELLAR_PORT"
+ENV_STORE = "CELLAR_STORE"
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    """Where the gateway listens and how it logs."""
+
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the gateway (0 = any free).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the gateway and its workers."
+    )
+
+
+class StoreSettings(_Strict):
+    """The local model store."""
+
+    path: Path | None = Field(
+        None,
+        description="Store directory. Default: $CELLAR_STORE, else <user data dir>/cellar/models.",
+    )
+
+
+class LlamaCppSettings(_Strict):
+    """Settings of a llama.cpp worker (llama-cpp-python)."""
+
+    n_ctx: int = Field(4096, ge=16, description="Context window in tokens (prompt + completion).")
+    n_threads: int | Literal["auto"] = Field(
+        "auto", description="CPU threads for decoding; `auto` uses every core the process may use."
+    )
+    n_batch: int = Field(512, ge=1, description="Largest number of prompt tokens per decode call.")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU/Metal (-1 = all).")
+
+    @field_validator("n_threads")
+    @classmethod
+    def _positive_threads(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be `auto` or a positive integer")
+        return value
+
+
+class ModelDeployment(_Strict):
+    """One model served by the gateway under `name`."""
+
+    name: str = Field(
+        ..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The `model` clients ask for.",
+    )
+    source: str = Field(
+        ...,
+        description="`store:NAME` for a model in the store, or a path to a .gguf file "
+        "(relative paths are relative to the config file).",
+    )
+    engine: Literal["auto", "llamacpp"] = Field(
+        "auto", description="Engine that serves the model; `auto` picks one for this machine."
+    )
+    llamacpp: LlamaCppSettings = Field(
+        default_factory=LlamaCppSettings, description="llama.cpp worker settings."
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Chat template when the GGUF carries none: a built-in name (gemma, chatml), "
+        "a path to a .jinja file, or the template text itself.",
+    )
+    startup_timeout_s: float = Field(
+        300, gt=0, description="How long the worker may take to load before it counts as failed."
+    )
+
+
+class CellarConfig(_Strict):
+    """A whole Cellar configuration file."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings, description="Gateway.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Model store.")
+    models: list[ModelDeployment] = Field(
+        default_factory=list, description="The model deployments this gateway serves."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelDeployment]) -> list[ModelDeployment]:
+        seen: set[str] = set()
+        for deployment in models:
+            if deployment.name in seen:
+                raise ValueError(f"model name {deployment.name!r} is used twice")
+            seen.add(deployment.name)
+        return models
+
+
+def format_loc(loc: tuple[str | int, ...]) -> str:
+    """('models', 0, 'llamacpp', 'n_ctx') -> 'models[0].llamacpp.n_ctx'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<top level>"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    reason = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif "input" in error and error["type"] != "missing":
+        reason += f" (got {error['input']!r})"
+    return reason
+
+
+def parse_config(data: object, origin: str) -> CellarConfig:
+    """Validate already-parsed YAML; errors name `origin` (the file) and each bad key."""
+    if data is None:
+        data = {}
+    try:
+        return CellarConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{origin}: {format_loc(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    server = data.setdefault("server", {}) if isinstance(data.get("server", {}), dict) else None
+    if server is None:
+        return
+    if env.get(ENV_HOST):
+        server["host"] = env[ENV_HOST]
+    if env.get(ENV_PORT):
+        server["port"] = env[ENV_PORT]
+    store = data.setdefault("store", {})
+    if env.get(ENV_STORE) and isinstance(store, dict):
+        store["path"] = env[ENV_STORE]
+
+
+def config_path(explicit: Path | None, env: Mapping[str, str] = os.environ) -> Path:
+    """The file to load: the explicit one, else $CELLAR_CONFIG, else configs/default.yaml."""
+    if explicit is not None:
+        return explicit
+    return Path(env[ENV_CONFIG]) if env.get(ENV_CONFIG) else DEFAULT_CONFIG
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> CellarConfig:
+    """Read, apply env overrides (host, port, store) and validate one YAML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    data = dict(data or {})
+    _apply_env(data, env)
+    return parse_config(data, str(path))
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON schema of the config file (kept in configs/schema.json, checked by a test)."""
+    return CellarConfig.model_json_schema()

@@ -1,0 +1,138 @@
+"""OpenAI request schemas, shared by the gateway (which validates) and the workers.
+
+Unknown fields are kept (`extra="allow"`): the gateway forwards them, so an engine-specific
+extension (vLLM's `top_k`, say) reaches the engine that understands it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cellar.errors import UnsupportedParameter
+
+MAX_STOP_SEQUENCES = 16
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text; non-text content parts are refused."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        pieces = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise UnsupportedParameter(
+                    f"content parts of type {part.type!r} are not supported; use text",
+                    param="messages",
+                )
+            pieces.append(part.text)
+        return "".join(pieces)
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
+
+
+class _SamplingRequest(_Request):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopField = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+
+    def check_supported(self) -> None:
+        """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""
+        if self.n is not None and self.n > 1:
+            raise UnsupportedParameter("n > 1 is not supported yet; send n=1", param="n")
+        for name in ("logprobs", "top_logprobs", "tools", "logit_bias", "response_format"):
+            if getattr(self, name, None) not in (None, False):
+                raise UnsupportedParameter(f"`{name}` is not supported yet", param=name)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    def wants_usage_in_stream(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+PromptField = (
+    str
+    | Annotated[list[int], Field(min_length=1)]
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
+)
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: PromptField
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
+            if len(self.prompt) > 1:
+                raise UnsupportedParameter(
+                    "several prompts in one request are not supported yet; send one",
+                    param="prompt",
+                )
+        if self.echo:
+            raise UnsupportedParameter("`echo` is not supported yet", param="echo")
+        if self.suffix:
+            raise UnsupportedParameter("`suffix` is not supported yet", param="suffix")
+        if self.best_of is not None and self.best_of > 1:
+            raise UnsupportedParameter("`best_of` > 1 is not supported yet", param="best_of")
+
+    def token_limit(self) -> int:
+        """OpenAI's legacy completions default to 16 tokens."""
+        return self.max_tokens or 16
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt, as text or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        first = prompt[0]
+        if isinstance(first, int):
+            return [int(t) for t in prompt if isinstance(t, int)]
+        return first

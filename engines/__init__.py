@@ -1,0 +1,1 @@
+"""Engine workers (one process per loaded model) and the launchers the gateway uses."""

@@ -1,0 +1,60 @@
+"""The gateway's whole view of an engine: one small Protocol.
+
+An engine is a worker process (or a remote server) that speaks the OpenAI HTTP protocol at
+`base_url`. The gateway never runs model code itself; it starts, watches and stops engines.
+
+States:
+    stopped  -> start() -> starting -> (loaded) -> ready
+    starting -> failed   the process exited or did not become healthy in time; `error` says why
+    ready    -> failed   the process died while serving
+    any      -> stop()   -> stopped
+Concurrency: `start` and `stop` are not called concurrently for one engine (the supervisor
+serializes them per deployment). `state`, `error`, `base_url` and `health` are safe at any time.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+
+class EngineState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Engine(Protocol):
+    """One model's engine, as the gateway sees it."""
+
+    @property
+    def state(self) -> EngineState:
+        """Where the engine is in its life (see the module docstring)."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Why the engine failed, naming the model file and the cause; None otherwise."""
+        ...
+
+    @property
+    def base_url(self) -> str:
+        """Root of its OpenAI-compatible API, e.g. http://127.0.0.1:41234 (valid once started)."""
+        ...
+
+    async def start(self) -> None:
+        """Launch the engine; returns once the process runs (not yet ready)."""
+        ...
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Block until ready; raise EngineUnavailable with the reason if it fails or times out."""
+        ...
+
+    async def health(self) -> bool:
+        """One health probe: True when the engine answers and is ready."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the engine and free its memory (the process is gone when this returns)."""
+        ...

@@ -1,0 +1,42 @@
+"""Starts llama.cpp workers for the gateway: a WorkerProcess running engines.llamacpp.worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cellar.config import ModelDeployment
+from engines.llamacpp.spec import WorkerSpec
+from engines.process import WorkerProcess, free_port
+
+
+def worker_spec(
+    deployment: ModelDeployment, model_path: str, chat_template: str | None, log_level: str
+) -> WorkerSpec:
+    settings = deployment.llamacpp
+    return WorkerSpec(
+        name=deployment.name,
+        model_path=model_path,
+        n_ctx=settings.n_ctx,
+        n_threads=None if settings.n_threads == "auto" else settings.n_threads,
+        n_batch=settings.n_batch,
+        n_gpu_layers=settings.n_gpu_layers,
+        chat_template=chat_template,
+        log_level=log_level,
+    )
+
+
+def worker_env() -> dict[str, str]:
+    """The gateway's environment, offline: no worker may download anything."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
+    """A not-yet-started worker process for `spec` on a free loopback port."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "engines.llamacpp.worker",
+        "--port", str(port), "--spec", spec.model_dump_json(), "--parent-pid", str(os.getpid()),
+    ]
+    return WorkerProcess(spec.name, argv, port=port, env=worker_env())

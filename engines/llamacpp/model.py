@@ -1,0 +1,112 @@
+"""A loaded GGUF model inside the worker: prompts, chat templates and context limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from cellar.chat import ChatTemplate
+from cellar.errors import ContextLengthExceeded, InvalidRequest
+from cellar.protocol import ChatMessage
+from engines.llamacpp.spec import WorkerSpec
+
+GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
+
+
+class ModelLoadError(Exception):
+    """The GGUF could not be loaded; the message names the file."""
+
+
+def load_llama(spec: WorkerSpec) -> llama_cpp.Llama:
+    path = Path(spec.model_path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=spec.n_ctx,
+            n_batch=spec.n_batch,
+            n_ubatch=spec.n_batch,
+            n_threads=spec.threads(),
+            n_threads_batch=spec.threads(),
+            n_gpu_layers=spec.n_gpu_layers,
+            verbose=spec.log_level == "debug",
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"llama.cpp could not load {path}: the file is corrupt, truncated or not a "
+            f"supported GGUF model ({exc})"
+        ) from None
+
+
+class LoadedModel:
+    """Turns requests into prompt tokens for one loaded llama.cpp model."""
+
+    def __init__(self, spec: WorkerSpec, llama: llama_cpp.Llama) -> None:
+        self.name = spec.name
+        self.llama = llama
+        self.n_ctx = llama.n_ctx()
+        self._n_vocab = llama.n_vocab()
+        self._bos = llama.token_bos()
+        self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        source = spec.chat_template or llama.metadata.get(GGUF_TEMPLATE_KEY)
+        self.template = (
+            ChatTemplate(source, bos_token=self._special(self._bos),
+                         eos_token=self._special(llama.token_eos()))
+            if source else None
+        )
+
+    def _special(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llama.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenize prompt text (special tokens parsed), with exactly one BOS if the model uses it."""
+        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
+            tokens.insert(0, self._bos)
+        return tokens
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        if self.template is None:
+            raise InvalidRequest(
+                f"model {self.name!r} has no chat template: its GGUF carries none and its config "
+                "sets no `chat_template`; use /v1/completions or configure one",
+                param="messages",
+            )
+        rendered: list[dict[str, Any]] = [
+            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+            for m in messages
+        ]
+        return self.encode(self.template.render(rendered, add_generation_prompt=True))
+
+    def completion_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        bad = [t for t in prompt if not 0 <= t < self._n_vocab]
+        if bad:
+            raise InvalidRequest(
+                f"prompt has token ids outside the vocabulary (0..{self._n_vocab - 1}): {bad[:5]}",
+                param="prompt",
+            )
+        return list(prompt)
+
+    def completion_budget(self, prompt_tokens: int, requested: int | None, param: str) -> int:
+        """How many tokens may be generated; ContextLengthExceeded if the request cannot fit."""
+        if prompt_tokens == 0:
+            raise InvalidRequest("the prompt is empty", param=param)
+        if requested is None and prompt_tokens < self.n_ctx:
+            return self.n_ctx - prompt_tokens
+        total = prompt_tokens + (requested or 0)
+        if total > self.n_ctx or prompt_tokens >= self.n_ctx:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you "
+                f"requested {total} tokens ({prompt_tokens} in the {param}, {requested or 0} "
+                f"in the completion). Please reduce the length of the {param} or completion.",
+                param=param,
+            )
+        assert requested is not None
+        return requested

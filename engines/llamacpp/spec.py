@@ -1,0 +1,27 @@
+"""What the launcher tells a llama.cpp worker: everything it needs, as one JSON argument."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class WorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """The served model name (the deployment's `name`)."""
+    model_path: Path
+    n_ctx: int
+    n_threads: int | None
+    """None: every core this process may run on."""
+    n_batch: int
+    n_gpu_layers: int
+    chat_template: str | None
+    """Template text from the config; overrides the GGUF's own template."""
+    log_level: str = "info"
+
+    def threads(self) -> int:
+        return self.n_threads or len(os.sched_getaffinity(0))

@@ -1,0 +1,1 @@
+"""The gateway: one FastAPI process that routes OpenAI requests to per-model engine workers."""

@@ -1,0 +1,48 @@
+"""`create_app`: the gateway, built in its lifespan and kept on app.state (no module state)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from cellar import __version__
+from cellar.deployments import ResolvedDeployment
+from cellar.store import ModelStore
+from cellar.web import install_error_handlers
+from server.metrics import Metrics
+from server.proxy import Proxy
+from server.routes import openai, ops
+from server.service import CompletionService
+from server.supervisor import Launcher, Supervisor
+
+
+def create_app(
+    deployments: list[ResolvedDeployment], store: ModelStore, launcher: Launcher
+) -> FastAPI:
+    """The gateway app; its workers start with the app and stop with it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            supervisor = Supervisor(deployments, store, launcher)
+            metrics = Metrics()
+            app.state.http = client
+            app.state.started_at = time.time()
+            app.state.completions = CompletionService(supervisor, Proxy(client, metrics), metrics)
+            supervisor.start_all()
+            try:
+                yield
+            finally:
+                await supervisor.stop_all()
+
+    app = FastAPI(title="Cellar", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(ops.router)
+    return app

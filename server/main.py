@@ -1,0 +1,32 @@
+"""Running the gateway: config -> deployments -> uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from cellar.config import load_config
+from cellar.deployments import resolve_deployments
+from cellar.store import store_for
+from engines.launch import ProcessLauncher
+from server.app import create_app
+
+log = logging.getLogger("cellar.server")
+
+
+def serve(config_file: Path) -> None:
+    """Validate the config (raises ConfigError naming file and key), then serve until stopped."""
+    config = load_config(config_file)
+    store = store_for(config)
+    deployments = resolve_deployments(config, store, config_file)
+    level = config.server.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(deployments, store, ProcessLauncher(level))
+    log.info("serving %d model(s) on http://%s:%d", len(deployments),
+             config.server.host, config.server.port)
+    uvicorn.run(
+        app, host=config.server.host, port=config.server.port, log_level=level,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,65 @@
+"""Prometheus metrics of the gateway, named after vLLM's where the meaning matches."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+class Metrics:
+    """All gateway metrics on one registry of their own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.requests = Counter(
+            "cellar:requests", "Requests answered, by model and HTTP status.",
+            ["model_name", "status"], registry=self.registry,
+        )
+        self.e2e_latency = Histogram(
+            "cellar:e2e_request_latency_seconds",
+            "Time from request arrival to the last byte of the answer.",
+            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "cellar:time_to_first_token_seconds",
+            "Time from request arrival to the first streamed token (streamed requests).",
+            labels, buckets=_TTFT_BUCKETS, registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "cellar:prompt_tokens", "Prompt tokens processed.", labels, registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "cellar:generation_tokens", "Tokens generated.", labels, registry=self.registry
+        )
+        self.running = Gauge(
+            "cellar:num_requests_running", "Requests the engine is generating for now.",
+            labels, registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "cellar:num_requests_waiting", "Requests queued in front of the engine.",
+            labels, registry=self.registry,
+        )
+
+    def record(self, model: str, status: int, latency_s: float | None = None) -> None:
+        self.requests.labels(model, str(status)).inc()
+        if latency_s is not None:
+            self.e2e_latency.labels(model).observe(latency_s)
+
+    def record_usage(self, model: str, usage: dict[str, object] | None) -> None:
+        if not usage:
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens.labels(model).inc(prompt)
+        if isinstance(completion, int):
+            self.generation_tokens.labels(model).inc(completion)
+
+    def set_load(self, model: str, running: int, waiting: int) -> None:
+        self.running.labels(model).set(running)
+        self.waiting.labels(model).set(waiting)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,149 @@
+"""Forwarding to engine workers without re-encoding what they stream.
+
+A streamed answer passes through as the worker's own SSE bytes, event by event. The proxy always
+asks the worker for `stream_options.include_usage`, times the first event for TTFT, reads the
+token counts from the usage event, and drops that event when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response
+
+from cellar.errors import EngineFailed
+from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
+from engines.base import Engine
+from server.metrics import Metrics
+
+log = logging.getLogger("cellar.proxy")
+
+_EVENT_END = b"\n\n"
+_DONE_PREFIX = SSE_DONE.rstrip()
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+STATUS_CLIENT_GONE = 499
+
+
+def usage_of(event: bytes) -> dict[str, Any] | None:
+    """Token counts if this SSE event is a usage event (only those are parsed)."""
+    if not any(marker in event for marker in _USAGE_MARKERS):
+        return None
+    try:
+        payload = json.loads(event.removeprefix(b"data:").strip())
+    except ValueError:
+        return None
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _failure(model: str, exc: httpx.HTTPError) -> EngineFailed:
+    return EngineFailed(f"the worker for model {model!r} failed: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Call:
+    """One proxied request: where it goes and what the client asked for."""
+
+    model: str
+    engine: Engine
+    path: str
+    payload: dict[str, Any]
+    client_wants_usage: bool
+    started: float
+
+
+class Proxy:
+    def __init__(self, client: httpx.AsyncClient, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
+
+    async def forward(self, request: Request, call: Call) -> Response:
+        if call.payload.get("stream"):
+            return await self._stream(call)
+        return await self._unary(request, call)
+
+    async def _unary(self, request: Request, call: Call) -> Response:
+        url = call.engine.base_url + call.path
+        try:
+            upstream = await unless_disconnected(request, self._client.post(url, json=call.payload))
+        except ClientDisconnected:
+            self._metrics.record(call.model, STATUS_CLIENT_GONE, time.monotonic() - call.started)
+            raise
+        except httpx.HTTPError as exc:
+            raise _failure(call.model, exc) from None
+        if upstream.status_code == 200:
+            self._metrics.record_usage(call.model, upstream.json().get("usage"))
+        self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
+        return Response(upstream.content, upstream.status_code, media_type="application/json")
+
+    async def _stream(self, call: Call) -> Response:
+        call.payload["stream_options"] = {"include_usage": True}
+        request = self._client.build_request(
+            "POST", call.engine.base_url + call.path, json=call.payload
+        )
+        try:
+            upstream = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _failure(call.model, exc) from None
+        if upstream.status_code != 200:
+            body = await upstream.aread()
+            await upstream.aclose()
+            self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
+            return Response(body, upstream.status_code, media_type="application/json")
+        outcome = {"status": STATUS_CLIENT_GONE}
+
+        async def close() -> None:
+            await upstream.aclose()
+            self._metrics.record(call.model, outcome["status"], time.monotonic() - call.started)
+
+        return sse_response(self._relay(call, upstream, outcome), close)
+
+    async def _relay(
+        self, call: Call, upstream: httpx.Response, outcome: dict[str, int]
+    ) -> AsyncIterator[bytes]:
+        buffer, first, done = b"", True, False
+        try:
+            async for chunk in upstream.aiter_raw():
+                buffer += chunk
+                while (end := buffer.find(_EVENT_END)) >= 0:
+                    event, buffer = buffer[: end + 2], buffer[end + 2 :]
+                    if event.startswith(_DONE_PREFIX):
+                        done = True
+                        continue
+                    if first:
+                        self._metrics.ttft.labels(call.model).observe(
+                            time.monotonic() - call.started
+                        )
+                        first = False
+                    usage = usage_of(event)
+                    if usage is not None:
+                        self._metrics.record_usage(call.model, usage)
+                        if not call.client_wants_usage:
+                            continue
+                    yield event
+        except httpx.HTTPError as exc:
+            outcome["status"] = EngineFailed.status
+            raise _failure(call.model, exc) from None
+        if not done:
+            outcome["status"] = EngineFailed.status
+            raise EngineFailed(f"the worker for model {call.model!r} ended the stream early")
+        outcome["status"] = 200
+
+
+async def refresh_load(client: httpx.AsyncClient, engines: dict[str, Engine], m: Metrics) -> None:
+    """Ask each ready worker how many requests it runs and queues, for the gauges."""
+    for name, engine in engines.items():
+        try:
+            stats = (await client.get(engine.base_url + "/stats", timeout=1.0)).json()
+            m.set_load(name, int(stats["running"]), int(stats["waiting"]))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            log.debug("no load figures from %s", name)
+
+

@@ -1,0 +1,47 @@
+"""The OpenAI-compatible endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from server.service import CHAT_PATH, COMPLETIONS_PATH, CompletionService
+
+router = APIRouter()
+
+
+def _service(request: Request) -> CompletionService:
+    service: CompletionService = request.app.state.completions
+    return service
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    service = _service(request)
+    created = int(request.app.state.started_at)
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "cellar"}
+        for name in service.supervisor.names
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    service = _service(request)
+    service.supervisor.get(model)
+    created = int(request.app.state.started_at)
+    return {"id": model, "object": "model", "created": created, "owned_by": "cellar"}
+
+
+@router.post(CHAT_PATH)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await _service(request).complete(request, CHAT_PATH, body)
+
+
+@router.post(COMPLETIONS_PATH)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    return await _service(request).complete(request, COMPLETIONS_PATH, body)

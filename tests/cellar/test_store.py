@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cellar.errors import IntegrityError, StoreError
+from cellar.store import ModelStore, sha256_file
+
+
+def _gguf(path: Path, payload: bytes = b"\x00" * 1000) -> Path:
+    path.write_bytes(b"GGUF" + payload)
+    return path
+
+
+def test_import_records_manifest_and_is_idempotent(tmp_path: Path) -> None:
+    src = _gguf(tmp_path / "m.gguf")
+    store = ModelStore(tmp_path / "store")
+    seen: list[tuple[int, int]] = []
+    first = store.import_file(src, "m", progress=lambda d, t: seen.append((d, t)))
+    assert first.created
+    manifest = first.manifest
+    assert (manifest.name, manifest.format, manifest.size) == ("m", "gguf", 1004)
+    assert manifest.sha256 == sha256_file(src)
+    assert manifest.source == str(src.resolve())
+    assert seen[-1] == (1004, 1004)
+    assert store.file_of(manifest).read_bytes() == src.read_bytes()
+    again = store.import_file(src, "m")
+    assert not again.created and again.manifest == manifest
+    assert [m.name for m in store.list()] == ["m"]
+
+
+def test_name_taken_by_other_bytes_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    store.import_file(_gguf(tmp_path / "a.gguf", b"a"), "m")
+    with pytest.raises(StoreError, match="already stored"):
+        store.import_file(_gguf(tmp_path / "b.gguf", b"b"), "m")
+
+
+def test_non_gguf_and_missing_files_are_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(StoreError, match="not a GGUF"):
+        store.import_file(text, "notes")
+    with pytest.raises(StoreError, match="no such file"):
+        store.import_file(tmp_path / "absent.gguf", "absent")
+    with pytest.raises(StoreError, match="invalid model name"):
+        store.import_file(_gguf(tmp_path / "m.gguf"), "../escape")
+    assert store.list() == []
+
+
+def test_verify_catches_changed_and_missing_files(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    manifest = store.import_file(_gguf(tmp_path / "m.gguf"), "m").manifest
+    assert store.verify("m") == manifest
+    stored = store.file_of(manifest)
+    stored.write_bytes(b"GGUF" + b"\x01" * 1000)
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.verify("m")
+    stored.write_bytes(b"GGUF")
+    with pytest.raises(IntegrityError, match="bytes"):
+        store.verify("m")
+    stored.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        store.verify("m")
+
+
+def test_unknown_model_names_the_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=str(tmp_path)):
+        ModelStore(tmp_path).get("nothing")

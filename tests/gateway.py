@@ -1,0 +1,102 @@
+"""Starting a real gateway process (`cellar serve`) for tests, and talking to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import yaml
+
+from engines.process import free_port
+
+BUNDLED_NAME = "gemma-3-270m-q4_k_m"
+MODEL = "gemma-3-270m"
+N_CTX = 4096
+
+
+def default_models() -> list[dict[str, Any]]:
+    return [{
+        "name": MODEL,
+        "source": f"store:{BUNDLED_NAME}",
+        "chat_template": "gemma",
+        "llamacpp": {"n_ctx": N_CTX},
+    }]
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0, **kwargs)
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
+
+    def admin_models(self) -> dict[str, dict[str, Any]]:
+        with self.http() as http:
+            models = http.get("/admin/models").json()["models"]
+        return {m["name"]: m for m in models}
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def write_config(path: Path, store: Path, port: int, models: list[dict[str, Any]]) -> Path:
+    config = {"server": {"port": port}, "store": {"path": str(store)}, "models": models}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_settled(gw: Gateway, timeout_s: float = 180) -> None:
+    """Until every model is ready or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if gw.process.poll() is not None:
+            raise RuntimeError(f"gateway exited:\n{gw.log_text()}")
+        try:
+            states = {m["state"] for m in gw.admin_models().values()}
+        except httpx.HTTPError:
+            states = {"unreachable"}
+        if states <= {"ready", "failed"}:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"gateway did not settle:\n{gw.log_text()}")
+
+
+@contextmanager
+def start_gateway(
+    work: Path, store: Path, models: list[dict[str, Any]] | None = None
+) -> Iterator[Gateway]:
+    """A `cellar serve` process on a free loopback port; stopped (with its workers) after."""
+    port = free_port()
+    config = write_config(work / "cellar.yaml", store, port, models or default_models())
+    log = work / "gateway.log"
+    env = {**os.environ, "CELLAR_STORE": str(store)}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env,
+        )
+    gw = Gateway(f"http://127.0.0.1:{port}", process, log)
+    try:
+        wait_settled(gw)
+        yield gw
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,139 @@
+"""The OpenAI API through the real gateway, worker and bundled model, with the openai SDK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from cellar.chat import ChatTemplate, builtin_template
+from tests.gateway import MODEL, Gateway
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
+PROMPT = "The history of the city of Paris begins"
+
+
+@pytest.fixture(scope="module")
+def vocab(bundled_gguf: Path) -> llama_cpp.Llama:
+    return llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
+
+
+def test_models_list_shows_the_deployment(gateway: Gateway) -> None:
+    models = gateway.client().models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert gateway.client().models.retrieve(MODEL).id == MODEL
+
+
+def test_chat_returns_text_and_exact_usage(gateway: Gateway, vocab: llama_cpp.Llama) -> None:
+    reply = gateway.client().chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=12, temperature=0  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    rendered = ChatTemplate(builtin_template("gemma"), bos_token="<bos>").render(QUESTION)
+    expected_prompt = len(vocab.tokenize(rendered.encode(), add_bos=False, special=True))
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == expected_prompt
+    if choice.finish_reason == "length":
+        assert reply.usage.completion_tokens == 12
+    else:
+        assert choice.finish_reason == "stop"
+        assert 1 <= reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == expected_prompt + reply.usage.completion_tokens
+
+
+def test_completion_usage_matches_tokenizer(gateway: Gateway, vocab: llama_cpp.Llama) -> None:
+    reply = gateway.client().completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=9, temperature=0
+    )
+    assert reply.object == "text_completion"
+    assert reply.choices[0].text
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == len(vocab.tokenize(PROMPT.encode(), add_bos=True))
+    assert reply.usage.completion_tokens == 9
+
+
+def test_chat_stream_matches_unstreamed_answer(gateway: Gateway) -> None:
+    client = gateway.client()
+    whole = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0  # type: ignore[arg-type]
+    )
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0,  # type: ignore[arg-type]
+        stream=True, stream_options={"include_usage": True},
+    ))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()  # type: ignore[union-attr]
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(gateway: Gateway) -> None:
+    chunks = list(gateway.client().completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, stream=True
+    ))
+    assert chunks
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+
+
+def test_stop_string_cuts_output_and_is_not_included(gateway: Gateway) -> None:
+    client = gateway.client()
+    free = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0)
+    text = free.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip(), f"pick a visible stop string from {text!r}"
+    cut = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0, stop=[stop, "\x00never"]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=40, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == text[: text.index(stop)]
+
+
+def test_max_tokens_and_max_completion_tokens(gateway: Gateway) -> None:
+    client = gateway.client()
+    for limit in (1, 7):
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count: 1, 2, 3,"}],
+            max_completion_tokens=limit, temperature=0,
+        )
+        assert reply.usage is not None
+        assert reply.usage.completion_tokens <= limit
+        if reply.choices[0].finish_reason == "length":
+            assert reply.usage.completion_tokens == limit
+
+
+def test_seeded_sampling_is_reproducible(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def sample(seed: int) -> str:
+        reply = client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=1.0, seed=seed
+        )
+        return reply.choices[0].text
+
+    first = sample(1234)
+    assert sample(1234) == first
+    assert any(sample(seed) != first for seed in (1, 2, 3))
+
+
+def test_penalties_and_top_p_are_accepted(gateway: Gateway) -> None:
+    reply = gateway.client().completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=16, temperature=0.7, top_p=0.9, seed=7,
+        presence_penalty=1.5, frequency_penalty=1.0,
+    )
+    assert reply.choices[0].text
