@@ -16,9 +16,11 @@ from rich.table import Table
 from cellar.config import DEFAULT_CONFIG, config_json_schema, config_path, load_config
 from cellar.errors import ConfigError, StoreError
 from cellar.store import ModelStore, default_store_root, store_for
+from cellar.store import Progress as ProgressCallback
 
-app = typer.Typer(help="Cellar: a private, on-premise, OpenAI-compatible LLM server.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Cellar: a private, on-premise, OpenAI-compatible LLM server.", no_args_is_help=True
+)
 models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -29,7 +31,9 @@ err = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help=f"Config file (default: $CELLAR_CONFIG or {DEFAULT_CONFIG})"),
+    typer.Option(
+        "--config", "-c", help=f"Config file (default: $CELLAR_CONFIG or {DEFAULT_CONFIG})"
+    ),
 ]
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Store directory (default: from the config)")
@@ -54,10 +58,12 @@ def _store(store: Path | None, config: Path | None) -> ModelStore:
 
 
 @contextmanager
-def _progress(label: str) -> Iterator[Progress]:
+def _progress(label: str) -> Iterator[ProgressCallback]:
+    """A byte progress bar on stderr, driven by the store's (done, total) callback."""
     columns = (TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
-        yield progress
+        task = progress.add_task(label, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 @app.command()
@@ -82,10 +88,7 @@ def import_model(
     target = _store(store, config)
     try:
         with _progress(f"importing {name}") as progress:
-            task = progress.add_task("import", total=path.stat().st_size if path.exists() else 0)
-            result = target.import_file(
-                path, name, lambda done, total: progress.update(task, completed=done, total=total)
-            )
+            result = target.import_file(path, name, progress)
     except StoreError as exc:
         raise _fail(str(exc)) from None
     verb = "imported" if result.created else "already in the store:"
@@ -99,8 +102,11 @@ def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
     table = Table("name", "format", "size", "sha256", "created", title=f"store: {target.root}")
     for manifest in target.list():
         table.add_row(
-            manifest.name, manifest.format, f"{manifest.size / 1e6:.1f} MB",
-            manifest.sha256[:16] + "…", manifest.created.strftime("%Y-%m-%d %H:%M"),
+            manifest.name,
+            manifest.format,
+            f"{manifest.size / 1e6:.1f} MB",
+            manifest.sha256[:16] + "…",
+            manifest.created.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table)
 
@@ -117,7 +123,9 @@ def show_model(name: str, store: StoreOpt = None, config: ConfigOpt = None) -> N
 
 @models_app.command("verify")
 def verify_models(
-    names: Annotated[list[str] | None, typer.Argument(help="Models to check (default: all)")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to check (default: all)")
+    ] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -131,8 +139,7 @@ def verify_models(
     for name in todo:
         try:
             with _progress(f"verifying {name}") as progress:
-                task = progress.add_task("verify", total=None)
-                target.verify(name, lambda d, t: progress.update(task, completed=d, total=t))
+                target.verify(name, progress)
             console.print(f"[green]ok[/]   {name}", highlight=False)
         except StoreError as exc:
             bad += 1

@@ -68,7 +68,9 @@ class ModelDeployment(_Strict):
     """One model served by the gateway under `name`."""
 
     name: str = Field(
-        ..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
         description="The `model` clients ask for.",
     )
     source: str = Field(

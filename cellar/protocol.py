@@ -110,12 +110,11 @@ class CompletionRequest(_SamplingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
-            if len(self.prompt) > 1:
-                raise UnsupportedParameter(
-                    "several prompts in one request are not supported yet; send one",
-                    param="prompt",
-                )
+        prompt = self.prompt
+        if isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int):
+            raise UnsupportedParameter(
+                "several prompts in one request are not supported yet; send one", param="prompt"
+            )
         if self.echo:
             raise UnsupportedParameter("`echo` is not supported yet", param="echo")
         if self.suffix:

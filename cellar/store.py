@@ -7,7 +7,6 @@ while the file was imported; `verify` re-hashes the file and a mismatch refuses 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -159,9 +158,9 @@ class ModelStore:
         fmt = sniff_format(src)
         target = self._dir(name)
         existing = self.get(name) if (target / MANIFEST).is_file() else None
-        if existing and existing.size == src.stat().st_size:
-            if sha256_file(src, progress) == existing.sha256:
-                return ImportResult(existing, created=False)
+        same_size = existing is not None and existing.size == src.stat().st_size
+        if existing and same_size and sha256_file(src, progress) == existing.sha256:
+            return ImportResult(existing, created=False)
         if existing:
             raise StoreError(
                 f"a different model is already stored as {name!r}; choose another --name"
@@ -171,8 +170,13 @@ class ModelStore:
         try:
             sha = _copy_hashing(src, staging / src.name, progress)
             manifest = Manifest(
-                name=name, format=fmt, file=src.name, size=src.stat().st_size, sha256=sha,
-                source=str(src), created=datetime.now(UTC),
+                name=name,
+                format=fmt,
+                file=src.name,
+                size=src.stat().st_size,
+                sha256=sha,
+                source=str(src),
+                created=datetime.now(UTC),
             )
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
             os.rename(staging, target)

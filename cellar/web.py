@@ -32,8 +32,10 @@ T = TypeVar("T")
 
 def sse_event(payload: dict[str, Any]) -> bytes:
     """One SSE `data:` event holding compact JSON."""
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + (
-        b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        + (b"\n\n")
     )
 
 

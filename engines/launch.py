@@ -20,6 +20,6 @@ class ProcessLauncher:
 
     def __call__(self, deployment: ResolvedDeployment) -> Engine:
         spec = worker_spec(
-            deployment.spec, str(deployment.path), deployment.chat_template, self.log_level
+            deployment.spec, deployment.path, deployment.chat_template, self.log_level
         )
         return launch_llamacpp(spec)

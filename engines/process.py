@@ -79,7 +79,10 @@ class WorkerProcess:
 
     async def start(self) -> None:
         self._state, self._error, self._fatal, self._stopping = (
-            EngineState.STARTING, None, None, False,
+            EngineState.STARTING,
+            None,
+            None,
+            False,
         )
         self._tail.clear()
         self._proc = await asyncio.create_subprocess_exec(

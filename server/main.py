@@ -22,11 +22,20 @@ def serve(config_file: Path) -> None:
     store = store_for(config)
     deployments = resolve_deployments(config, store, config_file)
     level = config.server.log_level
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(deployments, store, ProcessLauncher(level))
-    log.info("serving %d model(s) on http://%s:%d", len(deployments),
-             config.server.host, config.server.port)
+    log.info(
+        "serving %d model(s) on http://%s:%d",
+        len(deployments),
+        config.server.host,
+        config.server.port,
+    )
     uvicorn.run(
-        app, host=config.server.host, port=config.server.port, log_level=level,
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=level,
         timeout_graceful_shutdown=10,
     )

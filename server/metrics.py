@@ -15,18 +15,24 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         self.requests = Counter(
-            "cellar:requests", "Requests answered, by model and HTTP status.",
-            ["model_name", "status"], registry=self.registry,
+            "cellar:requests",
+            "Requests answered, by model and HTTP status.",
+            ["model_name", "status"],
+            registry=self.registry,
         )
         self.e2e_latency = Histogram(
             "cellar:e2e_request_latency_seconds",
             "Time from request arrival to the last byte of the answer.",
-            labels, buckets=_LATENCY_BUCKETS, registry=self.registry,
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
             "cellar:time_to_first_token_seconds",
             "Time from request arrival to the first streamed token (streamed requests).",
-            labels, buckets=_TTFT_BUCKETS, registry=self.registry,
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
         )
         self.prompt_tokens = Counter(
             "cellar:prompt_tokens", "Prompt tokens processed.", labels, registry=self.registry
@@ -35,12 +41,16 @@ class Metrics:
             "cellar:generation_tokens", "Tokens generated.", labels, registry=self.registry
         )
         self.running = Gauge(
-            "cellar:num_requests_running", "Requests the engine is generating for now.",
-            labels, registry=self.registry,
+            "cellar:num_requests_running",
+            "Requests the engine is generating for now.",
+            labels,
+            registry=self.registry,
         )
         self.waiting = Gauge(
-            "cellar:num_requests_waiting", "Requests queued in front of the engine.",
-            labels, registry=self.registry,
+            "cellar:num_requests_waiting",
+            "Requests queued in front of the engine.",
+            labels,
+            registry=self.registry,
         )
 
     def record(self, model: str, status: int, latency_s: float | None = None) -> None:

@@ -145,5 +145,3 @@ async def refresh_load(client: httpx.AsyncClient, engines: dict[str, Engine], m:
             m.set_load(name, int(stats["running"]), int(stats["waiting"]))
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             log.debug("no load figures from %s", name)
-
-

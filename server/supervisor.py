@@ -110,7 +110,8 @@ class Supervisor:
 
     def ready_engines(self) -> dict[str, Engine]:
         return {
-            d.name: d.engine for d in self._deployments.values()
+            d.name: d.engine
+            for d in self._deployments.values()
             if d.engine is not None and d.state is EngineState.READY
         }
 
@@ -122,15 +123,17 @@ class Supervisor:
         out = []
         for d in self._deployments.values():
             spec = d.resolved.spec
-            out.append({
-                "name": d.name,
-                "state": d.state.value,
-                "error": d.error or (d.engine.error if d.engine else None),
-                "engine": "llamacpp",
-                "source": spec.source,
-                "path": str(d.resolved.path),
-                "sha256": d.resolved.manifest.sha256 if d.resolved.manifest else None,
-            })
+            out.append(
+                {
+                    "name": d.name,
+                    "state": d.state.value,
+                    "error": d.error or (d.engine.error if d.engine else None),
+                    "engine": "llamacpp",
+                    "source": spec.source,
+                    "path": str(d.resolved.path),
+                    "sha256": d.resolved.manifest.sha256 if d.resolved.manifest else None,
+                }
+            )
         return out
 
     async def stop_all(self) -> None:

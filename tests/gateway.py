@@ -24,12 +24,14 @@ N_CTX = 4096
 
 
 def default_models() -> list[dict[str, Any]]:
-    return [{
-        "name": MODEL,
-        "source": f"store:{BUNDLED_NAME}",
-        "chat_template": "gemma",
-        "llamacpp": {"n_ctx": N_CTX},
-    }]
+    return [
+        {
+            "name": MODEL,
+            "source": f"store:{BUNDLED_NAME}",
+            "chat_template": "gemma",
+            "llamacpp": {"n_ctx": N_CTX},
+        }
+    ]
 
 
 @dataclass
@@ -87,7 +89,9 @@ def start_gateway(
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     gw = Gateway(f"http://127.0.0.1:{port}", process, log)
     try:

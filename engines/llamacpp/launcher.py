@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from cellar.config import ModelDeployment
 from engines.llamacpp.spec import WorkerSpec
@@ -11,7 +12,7 @@ from engines.process import WorkerProcess, free_port
 
 
 def worker_spec(
-    deployment: ModelDeployment, model_path: str, chat_template: str | None, log_level: str
+    deployment: ModelDeployment, model_path: Path, chat_template: str | None, log_level: str
 ) -> WorkerSpec:
     settings = deployment.llamacpp
     return WorkerSpec(
@@ -28,15 +29,26 @@ def worker_spec(
 
 def worker_env() -> dict[str, str]:
     """The gateway's environment, offline: no worker may download anything."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
     """A not-yet-started worker process for `spec` on a free loopback port."""
     port = free_port()
     argv = [
-        sys.executable, "-m", "engines.llamacpp.worker",
-        "--port", str(port), "--spec", spec.model_dump_json(), "--parent-pid", str(os.getpid()),
+        sys.executable,
+        "-m",
+        "engines.llamacpp.worker",
+        "--port",
+        str(port),
+        "--spec",
+        spec.model_dump_json(),
+        "--parent-pid",
+        str(os.getpid()),
     ]
     return WorkerProcess(spec.name, argv, port=port, env=worker_env())

@@ -53,9 +53,13 @@ class LoadedModel:
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         source = spec.chat_template or llama.metadata.get(GGUF_TEMPLATE_KEY)
         self.template = (
-            ChatTemplate(source, bos_token=self._special(self._bos),
-                         eos_token=self._special(llama.token_eos()))
-            if source else None
+            ChatTemplate(
+                source,
+                bos_token=self._special(self._bos),
+                eos_token=self._special(llama.token_eos()),
+            )
+            if source
+            else None
         )
 
     def _special(self, token: int) -> str:
@@ -64,7 +68,7 @@ class LoadedModel:
         return self.llama.detokenize([token], special=True).decode("utf-8", "replace")
 
     def encode(self, text: str) -> list[int]:
-        """Tokenize prompt text (special tokens parsed), with exactly one BOS if the model uses it."""
+        """Tokenize prompt text (special tokens parsed) with one BOS if the model wants it."""
         tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)

@@ -57,7 +57,10 @@ class Shaper:
         if self.kind == "chat":
             message = {"role": "assistant", "content": text, "refusal": None}
             choice = {
-                "index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason,
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason,
             }
             envelope = self._envelope("chat.completion")
         else:

@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     generator = SerialGenerator(llama)
     app = create_worker_app(WorkerService(model, generator))
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=5,
     )
     try:

@@ -10,12 +10,14 @@ from cellar.errors import InvalidRequest
 
 def test_gemma_template_folds_system_into_first_user_turn() -> None:
     template = ChatTemplate(builtin_template("gemma"), bos_token="<bos>")
-    text = template.render([
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello!"},
-        {"role": "user", "content": "Bye"},
-    ])
+    text = template.render(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
     assert text == (
         "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
         "<start_of_turn>model\nHello!<end_of_turn>\n"

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from cellar.chat import ChatTemplate, builtin_template
 from tests.gateway import MODEL, Gateway
 
 pytestmark = pytest.mark.slow
 
-QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Name three colours of the rainbow."}
+]
 PROMPT = "The history of the city of Paris begins"
 
 
@@ -29,12 +32,15 @@ def test_models_list_shows_the_deployment(gateway: Gateway) -> None:
 
 def test_chat_returns_text_and_exact_usage(gateway: Gateway, vocab: llama_cpp.Llama) -> None:
     reply = gateway.client().chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,
     )
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content
-    rendered = ChatTemplate(builtin_template("gemma"), bos_token="<bos>").render(QUESTION)
+    rendered = ChatTemplate(builtin_template("gemma"), bos_token="<bos>").render([dict(m) for m in QUESTION])
     expected_prompt = len(vocab.tokenize(rendered.encode(), add_bos=False, special=True))
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == expected_prompt
@@ -61,27 +67,41 @@ def test_completion_usage_matches_tokenizer(gateway: Gateway, vocab: llama_cpp.L
 def test_chat_stream_matches_unstreamed_answer(gateway: Gateway) -> None:
     client = gateway.client()
     whole = client.chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0  # type: ignore[arg-type]
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=24,
+        temperature=0,
     )
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=QUESTION, max_tokens=24, temperature=0,  # type: ignore[arg-type]
-        stream=True, stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()  # type: ignore[union-attr]
+    assert whole.usage is not None
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
     assert all(c.usage is None for c in chunks[:-1])
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(gateway: Gateway) -> None:
-    chunks = list(gateway.client().completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, stream=True
-    ))
+    chunks = list(
+        gateway.client().completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0, stream=True
+        )
+    )
     assert chunks
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
@@ -108,8 +128,10 @@ def test_max_tokens_and_max_completion_tokens(gateway: Gateway) -> None:
     client = gateway.client()
     for limit in (1, 7):
         reply = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Count: 1, 2, 3,"}],
-            max_completion_tokens=limit, temperature=0,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count: 1, 2, 3,"}],
+            max_completion_tokens=limit,
+            temperature=0,
         )
         assert reply.usage is not None
         assert reply.usage.completion_tokens <= limit
@@ -133,7 +155,13 @@ def test_seeded_sampling_is_reproducible(gateway: Gateway) -> None:
 
 def test_penalties_and_top_p_are_accepted(gateway: Gateway) -> None:
     reply = gateway.client().completions.create(
-        model=MODEL, prompt=PROMPT, max_tokens=16, temperature=0.7, top_p=0.9, seed=7,
-        presence_penalty=1.5, frequency_penalty=1.0,
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=16,
+        temperature=0.7,
+        top_p=0.9,
+        seed=7,
+        presence_penalty=1.5,
+        frequency_penalty=1.0,
     )
     assert reply.choices[0].text

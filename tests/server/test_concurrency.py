@@ -13,8 +13,14 @@ from tests.gateway import MODEL, Gateway
 pytestmark = pytest.mark.slow
 
 PROMPTS = [
-    "The river flows", "In the year 1900", "My favourite recipe is", "The engine started",
-    "Dear diary, today", "The rules of chess", "On the island of", "A short poem about snow",
+    "The river flows",
+    "In the year 1900",
+    "My favourite recipe is",
+    "The engine started",
+    "Dear diary, today",
+    "The rules of chess",
+    "On the island of",
+    "A short poem about snow",
 ]
 
 
@@ -33,11 +39,14 @@ def test_eight_concurrent_streams_all_complete_uncorrupted(gateway: Gateway) -> 
     client = gateway.client()
     alone = {
         p: client.completions.create(model=MODEL, prompt=p, max_tokens=32, temperature=0)
-        .choices[0].text
+        .choices[0]
+        .text
         for p in PROMPTS
     }
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        results = dict(zip(PROMPTS, pool.map(lambda p: _stream_text(gateway, p), PROMPTS)))
+        results = dict(
+            zip(PROMPTS, pool.map(lambda p: _stream_text(gateway, p), PROMPTS), strict=True)
+        )
     for prompt, (text, finish) in results.items():
         assert finish in ("stop", "length")
         assert text == alone[prompt], prompt
@@ -69,8 +78,13 @@ def _wait_idle(gateway: Gateway, timeout_s: float = 10) -> None:
 
 
 def test_disconnected_stream_frees_the_worker(gateway: Gateway) -> None:
-    body = {"model": MODEL, "prompt": "Write a very long story.", "max_tokens": 3000,
-            "temperature": 1.0, "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Write a very long story.",
+        "max_tokens": 3000,
+        "temperature": 1.0,
+        "stream": True,
+    }
     with gateway.http() as http, http.stream("POST", "/v1/completions", json=body) as response:
         assert response.status_code == 200
         lines = response.iter_lines()

@@ -6,12 +6,13 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway import MODEL, N_CTX, Gateway
 
 pytestmark = pytest.mark.slow
 
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 def _error(response: Any) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def _error(response: Any) -> dict[str, Any]:
 
 def test_unknown_model_is_404_model_not_found(gateway: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        gateway.client().chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
+        gateway.client().chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert caught.value.status_code == 404
     assert caught.value.code == "model_not_found"
     assert "no-such-model" in caught.value.message
@@ -33,8 +34,11 @@ def test_unknown_model_is_404_model_not_found(gateway: Gateway) -> None:
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
 def test_malformed_json_is_400(gateway: Gateway, path: str) -> None:
     with gateway.http() as http:
-        response = http.post(path, content=b'{"model": "x", "messages": [', headers={
-            "content-type": "application/json"})
+        response = http.post(
+            path,
+            content=b'{"model": "x", "messages": [',
+            headers={"content-type": "application/json"},
+        )
     assert response.status_code == 400
     error = _error(response)
     assert error["type"] == "invalid_request_error"
@@ -67,7 +71,7 @@ def test_wrong_types_are_400_naming_the_field(gateway: Gateway, body: Any, param
 
 def test_n_greater_than_one_is_a_clear_400(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, n=2)  # type: ignore[arg-type]
+        gateway.client().chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
     assert caught.value.code == "unsupported_parameter"
     assert caught.value.param == "n"
 
@@ -75,7 +79,9 @@ def test_n_greater_than_one_is_a_clear_400(gateway: Gateway) -> None:
 def test_prompt_plus_max_tokens_over_context_is_400(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         gateway.client().chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=N_CTX  # type: ignore[arg-type]
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=N_CTX,
         )
     assert caught.value.code == "context_length_exceeded"
     assert str(N_CTX) in caught.value.message

@@ -67,7 +67,10 @@ def test_healthy_model_keeps_serving_beside_broken_ones(broken_gateway: Gateway)
         ready = http.get("/health/ready")
     assert ready.status_code == 503
     assert {m["name"]: m["state"] for m in ready.json()["models"]} == {
-        MODEL: "ready", "broken": "failed", "tampered": "failed"}
+        MODEL: "ready",
+        "broken": "failed",
+        "tampered": "failed",
+    }
 
 
 def test_ready_gateway_reports_ready(gateway: Gateway) -> None:
@@ -80,7 +83,9 @@ def test_missing_model_file_stops_startup_naming_file_and_key(tmp_path: Path) ->
     config = write_config(tmp_path / "bad.yaml", tmp_path / "store", 0, models)
     result = subprocess.run(
         [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr

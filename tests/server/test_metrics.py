@@ -21,7 +21,7 @@ def _samples(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return out
 
 
-def _value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+def _value(samples: dict, name: str, **labels: str) -> float:
     return float(samples.get((name, tuple(sorted({"model_name": MODEL, **labels}.items()))), 0.0))
 
 
@@ -35,10 +35,13 @@ def test_metrics_move_after_requests(gateway: Gateway) -> None:
     assert reply.usage is not None
     ok = _value(after, "cellar:requests_total", status="200")
     assert ok - _value(before, "cellar:requests_total", status="200") == 2
-    prompt = _value(after, "cellar:prompt_tokens_total") - _value(before, "cellar:prompt_tokens_total")
+    prompt = _value(after, "cellar:prompt_tokens_total") - _value(
+        before, "cellar:prompt_tokens_total"
+    )
     assert prompt == 2 * reply.usage.prompt_tokens
     generated = _value(after, "cellar:generation_tokens_total") - _value(
-        before, "cellar:generation_tokens_total")
+        before, "cellar:generation_tokens_total"
+    )
     assert generated >= 2
     e2e = "cellar:e2e_request_latency_seconds_count"
     assert _value(after, e2e) - _value(before, e2e) == 2
