@@ -118,7 +118,7 @@ class WorkerProcess:
         await asyncio.sleep(0.05)  # let the log pump read the last lines
         self._state = EngineState.FAILED
         self._error = self._exit_reason(code)
-        self._log.error("worker exited: %s", self._error)
+        self._log.warning("worker exited: %s", self._error)
 
     def _exit_reason(self, code: int) -> str:
         if self._fatal:

@@ -25,6 +25,7 @@ def serve(config_file: Path) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied call is noise
     app = create_app(deployments, store, ProcessLauncher(level))
     log.info(
         "serving %d model(s) on http://%s:%d",

@@ -43,8 +43,8 @@ class Gateway:
     def client(self, **kwargs: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0, **kwargs)
 
-    def http(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
+    def http(self, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
 
     def admin_models(self) -> dict[str, dict[str, Any]]:
         with self.http() as http:
