@@ -92,7 +92,8 @@ def import_model(
     except StoreError as exc:
         raise _fail(str(exc)) from None
     verb = "imported" if result.created else "already in the store:"
-    console.print(f"{verb} [bold]{name}[/] sha256 {result.manifest.sha256}", highlight=False)
+    sha = result.manifest.sha256
+    console.print(f"{verb} [bold]{name}[/] sha256 {sha}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("list")

@@ -40,7 +40,8 @@ def test_chat_returns_text_and_exact_usage(gateway: Gateway, vocab: llama_cpp.Ll
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content
-    rendered = ChatTemplate(builtin_template("gemma"), bos_token="<bos>").render([dict(m) for m in QUESTION])
+    template = ChatTemplate(builtin_template("gemma"), bos_token="<bos>")
+    rendered = template.render([dict(m) for m in QUESTION])
     expected_prompt = len(vocab.tokenize(rendered.encode(), add_bos=False, special=True))
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == expected_prompt
