@@ -18,7 +18,7 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import EngineFailed
+from cellar.errors import CellarError, EngineFailed, EngineUnavailable
 from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
 from engines.base import Engine
 from server.metrics import Metrics
@@ -43,10 +43,6 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def _failure(model: str, exc: httpx.HTTPError) -> EngineFailed:
-    return EngineFailed(f"the worker for model {model!r} failed: {type(exc).__name__}: {exc}")
-
-
 @dataclass
 class Call:
     """One proxied request: where it goes and what the client asked for."""
@@ -57,6 +53,15 @@ class Call:
     payload: dict[str, Any]
     client_wants_usage: bool
     started: float
+
+
+def _failure(call: Call, exc: httpx.HTTPError) -> CellarError:
+    """A refused connection never reached a worker (503, safe to retry); anything else broke
+    off a request the worker had (502)."""
+    if isinstance(exc, httpx.ConnectError):
+        reason = call.engine.error or "its worker does not accept connections (it may have crashed)"
+        return EngineUnavailable(f"model {call.model!r} is unavailable: {reason}")
+    return EngineFailed(f"the worker for model {call.model!r} failed: {type(exc).__name__}: {exc}")
 
 
 class Proxy:
@@ -77,7 +82,7 @@ class Proxy:
             self._metrics.record(call.model, STATUS_CLIENT_GONE, time.monotonic() - call.started)
             raise
         except httpx.HTTPError as exc:
-            raise _failure(call.model, exc) from None
+            raise _failure(call, exc) from None
         if upstream.status_code == 200:
             self._metrics.record_usage(call.model, upstream.json().get("usage"))
         self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
@@ -91,7 +96,7 @@ class Proxy:
         try:
             upstream = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _failure(call.model, exc) from None
+            raise _failure(call, exc) from None
         if upstream.status_code != 200:
             body = await upstream.aread()
             await upstream.aclose()
@@ -130,7 +135,7 @@ class Proxy:
                     yield event
         except httpx.HTTPError as exc:
             outcome["status"] = EngineFailed.status
-            raise _failure(call.model, exc) from None
+            raise _failure(call, exc) from None
         if not done:
             outcome["status"] = EngineFailed.status
             raise EngineFailed(f"the worker for model {call.model!r} ended the stream early")

@@ -17,6 +17,7 @@ from cellar.deployments import ResolvedDeployment
 from cellar.errors import EngineUnavailable, IntegrityError, ModelNotFound
 from cellar.store import ModelStore
 from engines.base import Engine, EngineState
+from engines.launch import engine_name
 
 log = logging.getLogger("cellar.supervisor")
 
@@ -40,7 +41,9 @@ class Deployment:
     def state(self) -> EngineState:
         if self.error is not None:
             return EngineState.FAILED
-        return self.engine.state if self.engine else EngineState.STOPPED
+        if self.engine is not None:
+            return self.engine.state
+        return EngineState.STOPPED if self.loaded.is_set() else EngineState.STARTING
 
 
 class Supervisor:
@@ -128,7 +131,7 @@ class Supervisor:
                     "name": d.name,
                     "state": d.state.value,
                     "error": d.error or (d.engine.error if d.engine else None),
-                    "engine": "llamacpp",
+                    "engine": engine_name(d.resolved),
                     "source": spec.source,
                     "path": str(d.resolved.path),
                     "sha256": d.resolved.manifest.sha256 if d.resolved.manifest else None,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,13 @@ class Gateway:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0, **kwargs)
+    @cached_property
+    def _client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0)
+
+    def client(self) -> openai.OpenAI:
+        """The official SDK, pointed at this gateway (one client, closed with the gateway)."""
+        return self._client
 
     def http(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -98,6 +104,8 @@ def start_gateway(
         wait_settled(gw)
         yield gw
     finally:
+        if "_client" in gw.__dict__:
+            gw.client().close()
         process.terminate()
         try:
             process.wait(timeout=30)

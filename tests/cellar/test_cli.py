@@ -1,0 +1,65 @@
+"""The `cellar` commands, run in-process through typer's runner on a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cellar.cli import app
+
+runner = CliRunner()
+
+
+def _gguf(path: Path, payload: bytes = b"\x00" * 64) -> Path:
+    path.write_bytes(b"GGUF" + payload)
+    return path
+
+
+def test_import_list_show_verify(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    src = _gguf(tmp_path / "tiny.gguf")
+    result = runner.invoke(app, ["models", "import", str(src), "--name", "tiny", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "imported tiny" in result.output
+    again = runner.invoke(app, ["models", "import", str(src), "--name", "tiny", "--store", store])
+    assert again.exit_code == 0 and "already in the store" in again.output
+
+    listed = runner.invoke(app, ["models", "list", "--store", store])
+    assert listed.exit_code == 0 and "tiny" in listed.output
+
+    shown = runner.invoke(app, ["models", "show", "tiny", "--store", store])
+    assert json.loads(shown.output)["size"] == 68
+
+    assert runner.invoke(app, ["models", "verify", "--store", store]).exit_code == 0
+    stored = tmp_path / "store" / "tiny" / "tiny.gguf"
+    stored.write_bytes(b"GGUF" + b"\x01" * 64)
+    failed = runner.invoke(app, ["models", "verify", "tiny", "--store", store])
+    assert failed.exit_code == 1
+    assert "FAIL" in failed.output and "sha256" in failed.output
+
+
+def test_import_errors_exit_2_with_the_reason(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    args = ["models", "import", str(text), "--name", "n", "--store", str(tmp_path / "s")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "not a GGUF file" in result.output
+
+
+def test_config_check_reports_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"store: {{path: {tmp_path}}}\nmodels:\n  - {{name: a, source: gone.gguf}}\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "c.yaml" in result.output and "models[0].source" in result.output
+    _gguf(tmp_path / "gone.gguf")
+    assert runner.invoke(app, ["config", "check", "--config", str(config)]).exit_code == 0
+
+
+def test_help_on_every_command() -> None:
+    for args in (["--help"], ["models", "--help"], ["serve", "--help"], ["config", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage" in result.output

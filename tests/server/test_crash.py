@@ -1,0 +1,87 @@
+"""A worker that dies mid-answer, and a gateway that is killed outright."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from cellar.store import ModelStore
+from tests.gateway import MODEL, Gateway, start_gateway
+
+pytestmark = pytest.mark.slow
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is `parent`, read from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def own_gateway(tmp_path: Path, store: ModelStore) -> Iterator[Gateway]:
+    with start_gateway(tmp_path, store.root) as gw:
+        yield gw
+
+
+def test_worker_crash_mid_stream_is_an_error_event_and_gateway_survives(
+    own_gateway: Gateway,
+) -> None:
+    [worker] = child_pids(own_gateway.process.pid)
+    stream = own_gateway.client().completions.create(
+        model=MODEL, prompt="Write a long story.", max_tokens=2000, stream=True
+    )
+    received = []
+    with stream, pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.append(chunk)
+            if len(received) == 3:
+                os.kill(worker, signal.SIGKILL)
+    assert len(received) >= 3
+    assert "failed" in caught.value.message or "ended the stream" in caught.value.message
+
+    # Whether or not the gateway has noticed the exit yet, the next request is a clean 503.
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            own_gateway.client().completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+        assert unavailable.value.code == "model_unavailable"
+        time.sleep(0.5)
+    assert "signal 9" in unavailable.value.message
+    with own_gateway.http() as http:
+        assert http.get("/health/live").status_code == 200
+        assert own_gateway.admin_models()[MODEL]["state"] == "failed"
+
+
+def test_killed_gateway_leaves_no_worker_behind(own_gateway: Gateway) -> None:
+    [worker] = child_pids(own_gateway.process.pid)
+    assert _alive(worker)
+    own_gateway.process.kill()
+    own_gateway.process.wait()
+    deadline = time.monotonic() + 15
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived its gateway"
+        time.sleep(0.1)
