@@ -31,8 +31,16 @@ _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 STATUS_CLIENT_GONE = 499
 
 
-def usage_of(event: bytes) -> dict[str, Any] | None:
-    """Token counts if this SSE event is a usage event (only those are parsed)."""
+@dataclass(frozen=True)
+class UsageEvent:
+    usage: dict[str, Any]
+    only_usage: bool
+    """True for the final `choices: []` event that exists only to carry the counts."""
+
+
+def usage_of(event: bytes) -> UsageEvent | None:
+    """The token counts an SSE event carries. Only events that mention usage are parsed
+    (a quote inside generated text is escaped, so the marker cannot come from content)."""
     if not any(marker in event for marker in _USAGE_MARKERS):
         return None
     try:
@@ -40,7 +48,9 @@ def usage_of(event: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     usage = payload.get("usage") if isinstance(payload, dict) else None
-    return usage if isinstance(usage, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return UsageEvent(usage, only_usage=not payload.get("choices"))
 
 
 @dataclass
@@ -127,10 +137,10 @@ class Proxy:
                             time.monotonic() - call.started
                         )
                         first = False
-                    usage = usage_of(event)
-                    if usage is not None:
-                        self._metrics.record_usage(call.model, usage)
-                        if not call.client_wants_usage:
+                    counted = usage_of(event)
+                    if counted is not None:
+                        self._metrics.record_usage(call.model, counted.usage)
+                        if counted.only_usage and not call.client_wants_usage:
                             continue
                     yield event
         except httpx.HTTPError as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,22 +39,3 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iter
     work = tmp_path_factory.mktemp("gateway")
     with start_gateway(work, store.root) as gw:
         yield gw
-
-
-@pytest.fixture
-def corrupt_gguf(tmp_path: Path) -> Path:
-    """A file that starts like a GGUF and then is garbage."""
-    path = tmp_path / "corrupt.gguf"
-    path.write_bytes(b"GGUF" + os.urandom(4096))
-    return path
-
-
-@pytest.fixture
-def scratch_store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "store")
-
-
-def copy_of(path: Path, directory: Path) -> Path:
-    target = directory / path.name
-    shutil.copyfile(path, target)
-    return target

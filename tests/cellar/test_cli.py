@@ -8,18 +8,14 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cellar.cli import app
+from tests.files import fake_gguf
 
 runner = CliRunner()
 
 
-def _gguf(path: Path, payload: bytes = b"\x00" * 64) -> Path:
-    path.write_bytes(b"GGUF" + payload)
-    return path
-
-
 def test_import_list_show_verify(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    src = _gguf(tmp_path / "tiny.gguf")
+    src = fake_gguf(tmp_path / "tiny.gguf")
     result = runner.invoke(app, ["models", "import", str(src), "--name", "tiny", "--store", store])
     assert result.exit_code == 0, result.output
     assert "imported tiny" in result.output
@@ -55,7 +51,7 @@ def test_config_check_reports_file_and_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check", "--config", str(config)])
     assert result.exit_code == 2
     assert "c.yaml" in result.output and "models[0].source" in result.output
-    _gguf(tmp_path / "gone.gguf")
+    fake_gguf(tmp_path / "gone.gguf")
     assert runner.invoke(app, ["config", "check", "--config", str(config)]).exit_code == 0
 
 

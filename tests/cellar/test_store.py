@@ -6,24 +6,20 @@ import pytest
 
 from cellar.errors import IntegrityError, StoreError
 from cellar.store import ModelStore, sha256_file
-
-
-def _gguf(path: Path, payload: bytes = b"\x00" * 1000) -> Path:
-    path.write_bytes(b"GGUF" + payload)
-    return path
+from tests.files import fake_gguf
 
 
 def test_import_records_manifest_and_is_idempotent(tmp_path: Path) -> None:
-    src = _gguf(tmp_path / "m.gguf")
+    src = fake_gguf(tmp_path / "m.gguf")
     store = ModelStore(tmp_path / "store")
     seen: list[tuple[int, int]] = []
     first = store.import_file(src, "m", progress=lambda d, t: seen.append((d, t)))
     assert first.created
     manifest = first.manifest
-    assert (manifest.name, manifest.format, manifest.size) == ("m", "gguf", 1004)
+    assert (manifest.name, manifest.format, manifest.size) == ("m", "gguf", 68)
     assert manifest.sha256 == sha256_file(src)
     assert manifest.source == str(src.resolve())
-    assert seen[-1] == (1004, 1004)
+    assert seen[-1] == (68, 68)
     assert store.file_of(manifest).read_bytes() == src.read_bytes()
     again = store.import_file(src, "m")
     assert not again.created and again.manifest == manifest
@@ -32,9 +28,9 @@ def test_import_records_manifest_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_name_taken_by_other_bytes_is_refused(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    store.import_file(_gguf(tmp_path / "a.gguf", b"a"), "m")
+    store.import_file(fake_gguf(tmp_path / "a.gguf", b"a"), "m")
     with pytest.raises(StoreError, match="already stored"):
-        store.import_file(_gguf(tmp_path / "b.gguf", b"b"), "m")
+        store.import_file(fake_gguf(tmp_path / "b.gguf", b"b"), "m")
 
 
 def test_non_gguf_and_missing_files_are_refused(tmp_path: Path) -> None:
@@ -46,16 +42,16 @@ def test_non_gguf_and_missing_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such file"):
         store.import_file(tmp_path / "absent.gguf", "absent")
     with pytest.raises(StoreError, match="invalid model name"):
-        store.import_file(_gguf(tmp_path / "m.gguf"), "../escape")
+        store.import_file(fake_gguf(tmp_path / "m.gguf"), "../escape")
     assert store.list() == []
 
 
 def test_verify_catches_changed_and_missing_files(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    manifest = store.import_file(_gguf(tmp_path / "m.gguf"), "m").manifest
+    manifest = store.import_file(fake_gguf(tmp_path / "m.gguf"), "m").manifest
     assert store.verify("m") == manifest
     stored = store.file_of(manifest)
-    stored.write_bytes(b"GGUF" + b"\x01" * 1000)
+    stored.write_bytes(b"GGUF" + b"\x01" * 64)
     with pytest.raises(IntegrityError, match="sha256"):
         store.verify("m")
     stored.write_bytes(b"GGUF")
