@@ -63,10 +63,6 @@ class Supervisor:
         """Begin loading every deployment in the background."""
         self._tasks = [asyncio.create_task(self._load(d)) for d in self._deployments.values()]
 
-    async def wait_loaded(self) -> None:
-        """Until every deployment finished loading (ready or failed)."""
-        await asyncio.gather(*(d.loaded.wait() for d in self._deployments.values()))
-
     async def _load(self, deployment: Deployment) -> None:
         try:
             manifest = deployment.resolved.manifest

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from cellar.errors import EngineFailed
 from engines.llamacpp.textstream import TextStream
 
 log = logging.getLogger("cellar.worker.generator")
@@ -45,8 +46,8 @@ class Piece:
     finish_reason: str | None = None
 
 
-class GenerationError(Exception):
-    """llama.cpp failed while decoding this job."""
+class GenerationError(EngineFailed):
+    """llama.cpp failed while decoding this job (502 to the client, with the reason)."""
 
 
 @dataclass
