@@ -49,7 +49,16 @@ class StoreSettings(_Strict):
 class LlamaCppSettings(_Strict):
     """Settings of a llama.cpp worker (llama-cpp-python)."""
 
-    n_ctx: int = Field(4096, ge=16, description="Context window in tokens (prompt + completion).")
+    n_ctx: int = Field(
+        4096, ge=16, description="Context window of each request in tokens (prompt + completion)."
+    )
+    n_parallel: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Requests decoded together (sequence slots); more wait in a queue. "
+        "KV memory grows with n_ctx x n_parallel.",
+    )
     n_threads: int | Literal["auto"] = Field(
         "auto", description="CPU threads for decoding; `auto` uses every core the process may use."
     )

@@ -6,9 +6,9 @@ extension (vLLM's `top_k`, say) reaches the engine that understands it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cellar.errors import UnsupportedParameter
 
@@ -51,6 +51,28 @@ class ChatMessage(BaseModel):
         return "".join(pieces)
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """Structured output: `json_object` (any JSON object) or `json_schema` (this schema)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("`json_schema` is required when type is 'json_schema'")
+        return self
+
+
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
@@ -68,14 +90,23 @@ class _SamplingRequest(_Request):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    # Extensions with vLLM's names:
+    top_k: int | None = Field(None, ge=-1, description="0 or -1: no top-k truncation")
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
 
     def check_supported(self) -> None:
         """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""
         if self.n is not None and self.n > 1:
             raise UnsupportedParameter("n > 1 is not supported yet; send n=1", param="n")
-        for name in ("logprobs", "top_logprobs", "tools", "logit_bias", "response_format"):
+        for name in ("tools", "logit_bias"):
             if getattr(self, name, None) not in (None, False):
                 raise UnsupportedParameter(f"`{name}` is not supported yet", param=name)
+
+    def top_logprob_count(self) -> int | None:
+        """None: no logprobs wanted; else how many alternatives per token."""
+        return None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -89,6 +120,17 @@ class _SamplingRequest(_Request):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("`top_logprobs` requires `logprobs` to be true")
+        return self
+
+    def top_logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -107,6 +149,10 @@ class CompletionRequest(_SamplingRequest):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+    def top_logprob_count(self) -> int | None:
+        return self.logprobs
 
     def check_supported(self) -> None:
         super().check_supported()

@@ -35,7 +35,7 @@ class CompletionService:
                 model=body.model,
                 engine=engine,
                 path=path,
-                payload=body.model_dump(exclude_unset=True),
+                payload=body.model_dump(exclude_unset=True, by_alias=True),
                 client_wants_usage=body.wants_usage_in_stream(),
                 started=started,
             )

@@ -11,52 +11,69 @@ from fastapi.responses import JSONResponse, Response
 from cellar.errors import ModelNotFound
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import install_error_handlers, sse_event, sse_response, unless_disconnected
-from engines.llamacpp.generator import DEFAULT_TOP_K, Job, SamplingParams, SerialGenerator
-from engines.llamacpp.model import LoadedModel
+from engines.llamacpp.grammar import check_grammar, grammar_for
+from engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
+from engines.llamacpp.model import Loaded
 from engines.llamacpp.responses import Kind, Shaper, Usage
+from engines.llamacpp.scheduler import BatchScheduler
 
 Body = ChatCompletionRequest | CompletionRequest
 
 
-def _sampling(body: Body, max_tokens: int) -> SamplingParams:
-    top_k = getattr(body, "top_k", None)
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=top_k if isinstance(top_k, int) and top_k >= 0 else DEFAULT_TOP_K,
+        temperature=_or(body.temperature, 1.0),
+        top_p=_or(body.top_p, 1.0),
+        top_k=DEFAULT_TOP_K if body.top_k is None else max(body.top_k, 0),
+        min_p=_or(body.min_p, 0.0),
         stop=tuple(body.stop_list()),
         seed=body.seed,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=_or(body.presence_penalty, 0.0),
+        frequency_penalty=_or(body.frequency_penalty, 0.0),
+        repetition_penalty=_or(body.repetition_penalty, 1.0),
+        logprobs=body.top_logprob_count(),
+        grammar=grammar,
     )
+
+
+def _usage(job: Job) -> Usage:
+    return Usage(len(job.prompt), job.completion_tokens, job.cached_tokens)
 
 
 async def _stream(job: Job, shaper: Shaper, include_usage: bool) -> AsyncIterator[bytes]:
     first = True
     async for piece in job.pieces():
-        if piece.text or piece.finish_reason or first:
-            yield sse_event(shaper.chunk(piece.text, piece.finish_reason, first=first))
+        if piece.text or piece.finish_reason or piece.logprobs or first:
+            chunk = shaper.chunk(piece.text, piece.finish_reason, first, piece.logprobs)
+            yield sse_event(chunk)
             first = False
     if include_usage:
-        usage = Usage(len(job.prompt), job.completion_tokens)
-        yield sse_event(shaper.usage_chunk(usage))
+        yield sse_event(shaper.usage_chunk(_usage(job)))
 
 
-async def _collect(job: Job) -> tuple[str, str]:
-    parts, finish = [], "stop"
+async def _collect(job: Job) -> tuple[str, str, list[TokenLogprob]]:
+    parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    finish = "stop"
     async for piece in job.pieces():
         parts.append(piece.text)
+        logprobs.extend(piece.logprobs)
         finish = piece.finish_reason or finish
-    return "".join(parts), finish
+    return "".join(parts), finish, logprobs
 
 
 class WorkerService:
     """Validates requests, queues generation jobs and shapes the answers."""
 
-    def __init__(self, model: LoadedModel, generator: SerialGenerator) -> None:
-        self.model = model
-        self.generator = generator
+    def __init__(self, loaded: Loaded, scheduler: BatchScheduler) -> None:
+        self.model = loaded.model
+        self.vocab = loaded.native.vocab
+        self.scheduler = scheduler
 
     def check_model(self, body: Body) -> None:
         if body.model != self.model.name:
@@ -69,8 +86,11 @@ class WorkerService:
     ) -> Response:
         param = "messages" if kind == "chat" else "prompt"
         budget = self.model.completion_budget(len(prompt), requested, param)
-        job = self.generator.submit(prompt, _sampling(body, budget))
-        shaper = Shaper(kind, self.model.name)
+        grammar = grammar_for(body.response_format)
+        if grammar is not None:
+            check_grammar(self.vocab, grammar)
+        job = self.scheduler.submit(prompt, _sampling(body, budget, grammar))
+        shaper = Shaper(kind, self.model.name, logprobs=body.top_logprob_count() is not None)
         if body.stream:
 
             async def cancel() -> None:
@@ -78,11 +98,20 @@ class WorkerService:
 
             return sse_response(_stream(job, shaper, body.wants_usage_in_stream()), cancel)
         try:
-            text, finish = await unless_disconnected(request, _collect(job))
+            text, finish, logprobs = await unless_disconnected(request, _collect(job))
         finally:
             job.cancel()
-        usage = Usage(len(prompt), job.completion_tokens)
-        return JSONResponse(shaper.full(text, finish, usage))
+        return JSONResponse(shaper.full(text, finish, _usage(job), logprobs))
+
+    def stats(self) -> dict[str, int]:
+        counters = self.scheduler.counters
+        return {
+            "running": self.scheduler.running,
+            "waiting": self.scheduler.waiting,
+            "prompt_tokens_evaluated": counters.prompt_tokens_evaluated,
+            "prompt_tokens_cached": counters.prompt_tokens_cached,
+            "decode_steps": counters.decode_steps,
+        }
 
 
 def create_worker_app(service: WorkerService) -> FastAPI:
@@ -96,7 +125,7 @@ def create_worker_app(service: WorkerService) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:
-        return {"running": service.generator.running, "waiting": service.generator.waiting}
+        return service.stats()
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

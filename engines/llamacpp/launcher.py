@@ -19,6 +19,7 @@ def worker_spec(
         name=deployment.name,
         model_path=model_path,
         n_ctx=settings.n_ctx,
+        n_parallel=settings.n_parallel,
         n_threads=None if settings.n_threads == "auto" else settings.n_threads,
         n_batch=settings.n_batch,
         n_gpu_layers=settings.n_gpu_layers,

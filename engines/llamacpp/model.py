@@ -1,7 +1,9 @@
-"""A loaded GGUF model inside the worker: prompts, chat templates and context limits."""
+"""A model inside the worker: loading, prompts, chat templates and context limits."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import llama_cpp
 from cellar.chat import ChatTemplate
 from cellar.errors import ContextLengthExceeded, InvalidRequest
 from cellar.protocol import ChatMessage
+from engines.llamacpp.native import BatchedContext, ContextShape, NativeError, NativeModel
 from engines.llamacpp.spec import WorkerSpec
 
 GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
@@ -19,57 +22,70 @@ class ModelLoadError(Exception):
     """The GGUF could not be loaded; the message names the file."""
 
 
-def load_llama(spec: WorkerSpec) -> llama_cpp.Llama:
+@dataclass
+class Loaded:
+    """Everything the worker holds for its model."""
+
+    model: LoadedModel
+    native: NativeModel
+    context: BatchedContext
+
+
+def load(spec: WorkerSpec) -> Loaded:
+    """Tokenizer, weights and a batched context for `spec`, or ModelLoadError saying why."""
     path = Path(spec.model_path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     try:
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=spec.n_ctx,
-            n_batch=spec.n_batch,
-            n_ubatch=spec.n_batch,
-            n_threads=spec.threads(),
-            n_threads_batch=spec.threads(),
-            n_gpu_layers=spec.n_gpu_layers,
-            verbose=spec.log_level == "debug",
-        )
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"llama.cpp could not load {path}: the file is corrupt, truncated or not a "
             f"supported GGUF model ({exc})"
         ) from None
+    try:
+        native = NativeModel(path, spec.n_gpu_layers)
+        shape = ContextShape(spec.n_ctx, spec.n_parallel, spec.n_batch, spec.threads())
+        context = BatchedContext(native, shape)
+    except NativeError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return Loaded(LoadedModel(spec, vocab), native, context)
 
 
 class LoadedModel:
-    """Turns requests into prompt tokens for one loaded llama.cpp model."""
+    """Turns requests into prompt tokens, and tokens back into bytes, for one model."""
 
-    def __init__(self, spec: WorkerSpec, llama: llama_cpp.Llama) -> None:
+    def __init__(self, spec: WorkerSpec, vocab: llama_cpp.Llama) -> None:
         self.name = spec.name
-        self.llama = llama
-        self.n_ctx = llama.n_ctx()
-        self._n_vocab = llama.n_vocab()
-        self._bos = llama.token_bos()
-        self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
-        source = spec.chat_template or llama.metadata.get(GGUF_TEMPLATE_KEY)
+        self.n_ctx = spec.n_ctx
+        self._vocab = vocab
+        self._n_vocab = vocab.n_vocab()
+        self._bos = vocab.token_bos()
+        self._add_bos = vocab.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        source = spec.chat_template or vocab.metadata.get(GGUF_TEMPLATE_KEY)
         self.template = (
             ChatTemplate(
                 source,
                 bos_token=self._special(self._bos),
-                eos_token=self._special(llama.token_eos()),
+                eos_token=self._special(vocab.token_eos()),
             )
             if source
             else None
         )
+        self.piece = lru_cache(maxsize=1 << 16)(self._piece)
+        """Bytes of one generated token (thread-safe; cached, as tokens repeat a lot)."""
+
+    def _piece(self, token: int) -> bytes:
+        return self._vocab.detokenize([token])
 
     def _special(self, token: int) -> str:
         if token < 0:
             return ""
-        return self.llama.detokenize([token], special=True).decode("utf-8", "replace")
+        return self._vocab.detokenize([token], special=True).decode("utf-8", "replace")
 
     def encode(self, text: str) -> list[int]:
         """Tokenize prompt text (special tokens parsed) with one BOS if the model wants it."""
-        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        tokens = self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)
         return tokens

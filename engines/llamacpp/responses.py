@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from engines.llamacpp.jobs import TokenLogprob
 
 Kind = Literal["chat", "completion"]
 
@@ -14,13 +17,26 @@ Kind = Literal["chat", "completion"]
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
+
+
+def _chat_entry(item: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": item.token,
+        "logprob": item.logprob,
+        "bytes": list(item.raw),
+        "top_logprobs": [
+            {"token": text, "logprob": lp, "bytes": list(raw)} for text, raw, lp in item.top
+        ],
+    }
 
 
 @dataclass
@@ -29,8 +45,11 @@ class Shaper:
 
     kind: Kind
     model: str
+    logprobs: bool = False
+    """Whether the client asked for logprobs (otherwise the field is null)."""
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    _text_offset: int = 0
 
     def __post_init__(self) -> None:
         prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
@@ -39,31 +58,61 @@ class Shaper:
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def chunk(self, text: str, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
+    def _logprobs(self, items: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        if self.kind == "chat":
+            return {"content": [_chat_entry(item) for item in items], "refusal": None}
+        offsets = []
+        for item in items:
+            offsets.append(self._text_offset)
+            self._text_offset += len(item.token)
+        return {
+            "tokens": [item.token for item in items],
+            "token_logprobs": [item.logprob for item in items],
+            "top_logprobs": [{text: lp for text, _, lp in item.top} for item in items],
+            "text_offset": offsets,
+        }
+
+    def chunk(
+        self,
+        text: str,
+        finish_reason: str | None,
+        first: bool = False,
+        logprobs: Sequence[TokenLogprob] = (),
+    ) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
         if self.kind == "chat":
             delta: dict[str, str] = {"role": "assistant"} if first else {}
             if text or first:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
             return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
         return {**self._envelope("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj), "choices": [], "usage": usage.as_dict()}
 
-    def full(self, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
+    def full(
+        self,
+        text: str,
+        finish_reason: str,
+        usage: Usage,
+        logprobs: Sequence[TokenLogprob] = (),
+    ) -> dict[str, Any]:
+        lp = self._logprobs(logprobs)
         if self.kind == "chat":
             message = {"role": "assistant", "content": text, "refusal": None}
             choice = {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": lp,
                 "finish_reason": finish_reason,
             }
             envelope = self._envelope("chat.completion")
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
             envelope = self._envelope("text_completion")
         return {**envelope, "choices": [choice], "usage": usage.as_dict()}

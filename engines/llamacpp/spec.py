@@ -15,6 +15,8 @@ class WorkerSpec(BaseModel):
     """The served model name (the deployment's `name`)."""
     model_path: Path
     n_ctx: int
+    """Context of each sequence."""
+    n_parallel: int
     n_threads: int | None
     """None: every core this process may run on."""
     n_batch: int

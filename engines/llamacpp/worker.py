@@ -19,8 +19,8 @@ import sys
 import uvicorn
 
 from engines.llamacpp.app import WorkerService, create_worker_app
-from engines.llamacpp.generator import SerialGenerator
-from engines.llamacpp.model import LoadedModel, ModelLoadError, load_llama
+from engines.llamacpp.model import ModelLoadError, load
+from engines.llamacpp.scheduler import BatchScheduler
 from engines.llamacpp.spec import WorkerSpec
 from engines.process import FATAL_PREFIX
 
@@ -49,13 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec.model_validate_json(args.spec)
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        llama = load_llama(spec)
-        model = LoadedModel(spec, llama)
+        loaded = load(spec)
     except (ModelLoadError, ValueError) as exc:
         print(f"{FATAL_PREFIX}{exc}", flush=True)
         return EXIT_LOAD_FAILED
-    generator = SerialGenerator(llama)
-    app = create_worker_app(WorkerService(model, generator))
+    scheduler = BatchScheduler(loaded.native, loaded.context, loaded.model.piece)
+    app = create_worker_app(WorkerService(loaded, scheduler))
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -67,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
-        generator.close()
+        scheduler.close()
+        loaded.context.close()
+        loaded.native.close()
     return 0
 
 

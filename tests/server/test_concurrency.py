@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -12,44 +13,61 @@ from tests.gateway import MODEL, Gateway
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = [
-    "The river flows",
-    "In the year 1900",
-    "My favourite recipe is",
-    "The engine started",
-    "Dear diary, today",
-    "The rules of chess",
-    "On the island of",
-    "A short poem about snow",
+MARKERS = ["pelican", "tornado", "saffron", "glacier", "lantern", "mongoose", "quartz", "cactus"]
+SAMPLING: list[dict[str, Any]] = [
+    {"temperature": 0},
+    {"temperature": 0.3, "seed": 1},
+    {"temperature": 0.5, "seed": 2, "top_p": 0.9},
+    {"temperature": 0.2, "seed": 3, "presence_penalty": 0.5},
+    {"temperature": 0, "frequency_penalty": 0.3},
+    {"temperature": 0.4, "seed": 4, "extra_body": {"top_k": 5}},
+    {"temperature": 0.3, "seed": 5, "extra_body": {"min_p": 0.1}},
+    {"temperature": 0.1, "seed": 6, "extra_body": {"repetition_penalty": 1.05}},
 ]
 
 
-def _stream_text(gateway: Gateway, prompt: str) -> tuple[str, str | None]:
-    client = gateway.client()
+def _marker_prompt(word: str) -> str:
+    return ", ".join([word] * 24) + ","
+
+
+def _stream(gateway: Gateway, prompt: str, sampling: dict[str, Any]) -> tuple[str, str | None]:
     parts, finish = [], None
-    for chunk in client.completions.create(
-        model=MODEL, prompt=prompt, max_tokens=32, temperature=0, stream=True
+    for chunk in gateway.client().completions.create(
+        model=MODEL, prompt=prompt, max_tokens=24, stream=True, **sampling
     ):
         parts.append(chunk.choices[0].text)
         finish = chunk.choices[0].finish_reason or finish
     return "".join(parts), finish
 
 
-def test_eight_concurrent_streams_all_complete_uncorrupted(gateway: Gateway) -> None:
-    client = gateway.client()
-    alone = {
-        p: client.completions.create(model=MODEL, prompt=p, max_tokens=32, temperature=0)
-        .choices[0]
-        .text
-        for p in PROMPTS
-    }
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        results = dict(
-            zip(PROMPTS, pool.map(lambda p: _stream_text(gateway, p), PROMPTS), strict=True)
+def test_eight_concurrent_streams_show_no_cross_talk(gateway: Gateway) -> None:
+    with ThreadPoolExecutor(len(MARKERS)) as pool:
+        results = list(
+            pool.map(
+                lambda i: _stream(gateway, _marker_prompt(MARKERS[i]), SAMPLING[i]),
+                range(len(MARKERS)),
+            )
         )
-    for prompt, (text, finish) in results.items():
-        assert finish in ("stop", "length")
-        assert text == alone[prompt], prompt
+    for marker, (text, finish) in zip(MARKERS, results, strict=True):
+        assert finish in ("stop", "length"), marker
+        lowered = text.lower()
+        assert marker in lowered, f"{marker!r} stream lost its own word: {text!r}"
+        strangers = [m for m in MARKERS if m != marker and m in lowered]
+        assert not strangers, f"{marker!r} stream carries {strangers}: {text!r}"
+
+
+def test_same_request_alone_is_reproducible_run_after_run(gateway: Gateway) -> None:
+    client = gateway.client()
+    for sampling in ({"temperature": 0}, {"temperature": 0.9, "seed": 77}):
+        runs = {
+            client.completions.create(
+                model=MODEL, prompt="The old lighthouse keeper", max_tokens=32, **sampling
+            )
+            .choices[0]
+            .text
+            for _ in range(3)
+        }
+        assert len(runs) == 1, runs
 
 
 def _worker_load(gateway: Gateway) -> tuple[int, int]:

@@ -1,0 +1,91 @@
+"""A generation job: what the HTTP side asks for and how its text comes back.
+
+The decode thread produces `Piece`s; the job hands them to the asyncio side through its own
+queue, so a slow client never blocks the decode loop. Cancelling is a flag the loop reads every
+step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cellar.errors import EngineFailed
+
+DEFAULT_TOP_K = 40
+"""OpenAI's API has no top-k; a wide top-k first keeps sampling over Gemma's 262k vocab cheap."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = DEFAULT_TOP_K
+    min_p: float = 0.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    """None: no logprobs. N >= 0: the sampled token's logprob plus the N most likely tokens."""
+    grammar: str | None = None
+    """GBNF the output must follow (structured output)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    raw: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text for the client; `finish_reason` is set on the last piece of a job."""
+
+    text: str
+    finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+class GenerationError(EngineFailed):
+    """llama.cpp failed while decoding this job (502 to the client, with the reason)."""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens whose KV was reused from an earlier request instead of computed."""
+    _out: asyncio.Queue[Piece | BaseException] = field(default_factory=asyncio.Queue)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop generating at the next step (safe from any thread, idempotent)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def emit(self, item: Piece | BaseException) -> None:
+        """Hand a piece (or the error that ended the job) to the asyncio side; any thread."""
+        self.loop.call_soon_threadsafe(self._out.put_nowait, item)
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        """The job's text as it is generated, ending with the piece that has a finish_reason."""
+        while True:
+            item = await self._out.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return

@@ -1,0 +1,145 @@
+"""Every direct call into llama.cpp's C API for batched decoding, behind small Python types.
+
+llama-cpp-python's high-level `Llama` runs one sequence at a time; batching many sequences needs
+the low-level API: one context with `n_seq_max` sequences sharing a unified KV cache, one
+`llama_batch` per decode step, and a sampler chain per sequence. The ctypes calls release the
+GIL, so the decode thread never stalls the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+
+class NativeError(Exception):
+    """llama.cpp refused an operation; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    n_ctx_per_seq: int
+    n_parallel: int
+    n_batch: int
+    n_threads: int
+
+    @property
+    def n_ctx_total(self) -> int:
+        return self.n_ctx_per_seq * self.n_parallel
+
+
+class NativeModel:
+    """Model weights loaded through the C API (freed with `close`)."""
+
+    def __init__(self, path: Path, n_gpu_layers: int) -> None:
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self.ptr:
+            raise NativeError(f"llama.cpp could not load the model weights from {path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class BatchedContext:
+    """One llama.cpp context holding `n_parallel` sequences, and the batch that feeds it."""
+
+    def __init__(self, model: NativeModel, shape: ContextShape) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = shape.n_ctx_total
+        params.n_batch = shape.n_batch
+        params.n_ubatch = shape.n_batch
+        params.n_seq_max = shape.n_parallel
+        params.n_threads = shape.n_threads
+        params.n_threads_batch = shape.n_threads
+        params.kv_unified = True  # sequences share one pool of KV cells
+        params.swa_full = True  # keep whole prompts for sliding-window layers: prefix reuse
+        params.no_perf = True
+        self.shape = shape
+        self.model = model
+        self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise NativeError(
+                f"llama.cpp could not create a context of {shape.n_ctx_total} tokens "
+                f"({shape.n_parallel} sequences x {shape.n_ctx_per_seq}); lower n_ctx or n_parallel"
+            )
+        self._memory = llama_cpp.llama_get_memory(self.ptr)
+        self._batch = llama_cpp.llama_batch_init(shape.n_batch, 0, 1)
+        self.n_tokens = 0
+
+    def clear_batch(self) -> None:
+        self.n_tokens = 0
+
+    @property
+    def batch_room(self) -> int:
+        return self.shape.n_batch - self.n_tokens
+
+    def add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
+        """Append one token of sequence `seq` at position `pos`; returns its batch index."""
+        i = self.n_tokens
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = want_logits
+        self.n_tokens = i + 1
+        return i
+
+    def decode(self) -> None:
+        self._batch.n_tokens = self.n_tokens
+        status = llama_cpp.llama_decode(self.ptr, self._batch)
+        if status != 0:
+            raise NativeError(f"llama_decode failed with status {status}")
+
+    def logits(self, index: int) -> npt.NDArray[np.float32]:
+        """The logits of batch row `index` (a view; valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def forget(self, seq: int, from_pos: int = 0) -> None:
+        """Drop the KV cells of `seq` from position `from_pos` on."""
+        if not llama_cpp.llama_memory_seq_rm(self._memory, seq, from_pos, -1):
+            raise NativeError(f"could not drop KV cells of sequence {seq} from {from_pos}")
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+class SamplerChain:
+    """One sequence's sampler chain: its own penalties history, grammar state and RNG."""
+
+    def __init__(self) -> None:
+        params = llama_cpp.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(params)
+
+    def add(self, sampler: ctypes.c_void_p | int | None) -> None:
+        if not sampler:
+            raise NativeError("llama.cpp could not create a sampler (is the grammar valid?)")
+        llama_cpp.llama_sampler_chain_add(self.ptr, sampler)
+
+    def sample(self, context: BatchedContext, index: int) -> int:
+        """Sample (and accept) the next token from batch row `index`."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, context.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,87 @@
+"""Per-sequence sampler chains and token log-probabilities."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from engines.llamacpp.jobs import SamplingParams, TokenLogprob
+from engines.llamacpp.native import NativeModel, SamplerChain
+
+PENALTY_WINDOW = 256
+"""Presence, frequency and repetition penalties look at this many recent tokens."""
+_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp reads this seed value as "pick one at random"
+
+
+def _seed(seed: int | None) -> int:
+    if seed is None:
+        return random.getrandbits(32) & 0xFFFFFFFE
+    value = seed & 0xFFFFFFFF
+    return value - 1 if value == _RANDOM_SEED else value
+
+
+def build_chain(params: SamplingParams, model: NativeModel) -> SamplerChain:
+    """grammar -> penalties -> top-k -> top-p -> min-p -> temperature -> draw (or greedy).
+
+    Each request gets its own chain, so its penalties history, grammar state and random
+    stream are its own. The grammar goes first so that truncation never leaves only tokens
+    the grammar forbids.
+    """
+    chain = SamplerChain()
+    try:
+        if params.grammar:
+            chain.add(
+                llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            )
+        penalised = (
+            params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1
+        )
+        if penalised:
+            chain.add(
+                llama_cpp.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    PENALTY_WINDOW,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                )
+            )
+        if params.temperature <= 0:
+            chain.add(llama_cpp.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            chain.add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1:
+            chain.add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            chain.add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        chain.add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        chain.add(llama_cpp.llama_sampler_init_dist(_seed(params.seed)))
+        return chain
+    except Exception:
+        chain.close()
+        raise
+
+
+def token_logprob(
+    logits: npt.NDArray[np.float32], token: int, n_top: int, piece: Callable[[int], bytes]
+) -> TokenLogprob:
+    """Log-probability of `token` under the model's distribution, and the `n_top` likeliest."""
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+
+    def entry(t: int) -> tuple[str, bytes, float]:
+        raw = piece(t)
+        return raw.decode("utf-8", "replace"), raw, float(logits[t]) - log_total
+
+    top: tuple[tuple[str, bytes, float], ...] = ()
+    if n_top > 0:
+        best = np.argpartition(logits, -n_top)[-n_top:]
+        best = best[np.argsort(-logits[best])]
+        top = tuple(entry(int(t)) for t in best)
+    text, raw, logprob = entry(token)
+    return TokenLogprob(text, raw, logprob, top)

@@ -1,0 +1,250 @@
+"""Continuous batching: many requests decoded together in one llama.cpp context.
+
+One decode thread owns the context. Each step it builds one batch holding
+  1. the next token of every sequence that is generating, then
+  2. chunks of the prompts of newly admitted requests (chunked prefill, up to `n_batch`
+     tokens in all), so a long new prompt never freezes the running streams,
+decodes it, and samples every sequence whose logits came out of that step with its own sampler
+chain. Requests beyond the `n_parallel` slots wait in FIFO order.
+
+A slot keeps the KV of its last request after it finishes. A new request goes to the free slot
+whose cached tokens share the longest prefix with its prompt and computes only the rest. The
+last prompt token is always decoded in a step of its own, so a repeated request sees the same
+logits whether its prefix was cached or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
+from engines.llamacpp.native import BatchedContext, NativeError, NativeModel, SamplerChain
+from engines.llamacpp.sampling import build_chain, token_logprob
+from engines.llamacpp.textstream import TextStream
+
+log = logging.getLogger("cellar.worker.scheduler")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class Slot:
+    """One sequence id in the context, and the tokens whose KV it holds (positions 0..n-1)."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)
+    busy: bool = False
+    last_used: float = 0.0
+
+
+@dataclass
+class Active:
+    """A request being served in a slot."""
+
+    job: Job
+    slot: Slot
+    pending: list[int]
+    """Prompt tokens not yet decoded."""
+    chain: SamplerChain
+    text: TextStream
+    next_token: int | None = None
+    """Sampled, to be decoded in the next step."""
+    row: int = -1
+    """Batch row whose logits this sequence samples from after the current step; -1: none."""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        taken, self.logprobs = tuple(self.logprobs), []
+        return taken
+
+
+@dataclass
+class Counters:
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_cached: int = 0
+    decode_steps: int = 0
+
+
+class BatchScheduler:
+    """Owns the decode thread; `submit` and the properties are safe from the event loop."""
+
+    def __init__(
+        self, model: NativeModel, context: BatchedContext, piece: Callable[[int], bytes]
+    ) -> None:
+        self._model = model
+        self._ctx = context
+        self._piece = piece
+        self._incoming: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: deque[Job] = deque()
+        self._slots = [Slot(seq) for seq in range(context.shape.n_parallel)]
+        self._active: list[Active] = []
+        self.counters = Counters()
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting) + self._incoming.qsize()
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Job:
+        """Queue a job; call from the event loop that will read its pieces."""
+        job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop())
+        self._incoming.put(job)
+        return job
+
+    def close(self) -> None:
+        self._incoming.put(None)
+        self._thread.join(timeout=30)
+
+    # -- the decode thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while self._pull(block=not self._active):
+            self._drop_cancelled()
+            self._admit()
+            if not self._active:
+                continue
+            try:
+                self._step()
+            except NativeError as exc:
+                log.exception("decode step failed")
+                self._fail_all(str(exc))
+        for active in list(self._active):
+            self._release(active)
+
+    def _pull(self, block: bool) -> bool:
+        """Move newly submitted jobs to the waiting line; False once asked to shut down."""
+        try:
+            item = self._incoming.get(block=block)
+            while True:
+                if item is None:
+                    return False
+                self._waiting.append(item)
+                item = self._incoming.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _drop_cancelled(self) -> None:
+        if any(job.cancelled for job in self._waiting):
+            self._waiting = deque(job for job in self._waiting if not job.cancelled)
+        for active in [a for a in self._active if a.job.cancelled]:
+            self._release(active)
+
+    def _pick_slot(self, prompt: list[int]) -> Slot | None:
+        free = [slot for slot in self._slots if not slot.busy]
+        if not free:
+            return None
+        return max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+
+    def _admit(self) -> None:
+        while self._waiting:
+            slot = self._pick_slot(self._waiting[0].prompt)
+            if slot is None:
+                return
+            job = self._waiting.popleft()
+            reuse = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+            self._ctx.forget(slot.seq, reuse)
+            del slot.cached[reuse:]
+            job.cached_tokens = reuse
+            self.counters.prompt_tokens_cached += reuse
+            try:
+                chain = build_chain(job.params, self._model)
+            except NativeError as exc:
+                job.emit(GenerationError(str(exc)))
+                continue
+            slot.busy = True
+            text = TextStream(job.params.stop)
+            self._active.append(Active(job, slot, job.prompt[reuse:], chain, text))
+
+    def _step(self) -> None:
+        ctx = self._ctx
+        ctx.clear_batch()
+        for active in self._active:
+            active.row = -1
+            if active.next_token is not None:
+                active.row = self._feed(active, active.next_token, logits=True)
+                active.next_token = None
+        for active in self._active:
+            if active.pending and ctx.batch_room:
+                self._prefill(active)
+        ctx.decode()
+        self.counters.decode_steps += 1
+        for active in list(self._active):
+            if active.row >= 0:
+                self._advance(active)
+
+    def _feed(self, active: Active, token: int, logits: bool) -> int:
+        slot = active.slot
+        row = self._ctx.add(token, len(slot.cached), slot.seq, logits)
+        slot.cached.append(token)
+        return row
+
+    def _prefill(self, active: Active) -> None:
+        pending = active.pending
+        if len(pending) == 1:
+            active.row = self._feed(active, pending.pop(), logits=True)
+            self.counters.prompt_tokens_evaluated += 1
+            return
+        count = min(self._ctx.batch_room, len(pending) - 1)
+        for token in pending[:count]:
+            self._feed(active, token, logits=False)
+        del pending[:count]
+        self.counters.prompt_tokens_evaluated += count
+
+    def _advance(self, active: Active) -> None:
+        job, params = active.job, active.job.params
+        token = active.chain.sample(self._ctx, active.row)
+        job.completion_tokens += 1
+        if self._model.is_eog(token):
+            self._finish(active, active.text.flush(), "stop")
+            return
+        if params.logprobs is not None:
+            logits = self._ctx.logits(active.row)
+            active.logprobs.append(token_logprob(logits, token, params.logprobs, self._piece))
+        text = active.text.push(self._piece(token))
+        if active.text.stopped:
+            self._finish(active, text, "stop")
+        elif job.completion_tokens >= params.max_tokens:
+            self._finish(active, text + active.text.flush(), "length")
+        else:
+            active.next_token = token
+            if text:
+                job.emit(Piece(text, None, active.take_logprobs()))
+
+    def _finish(self, active: Active, text: str, reason: str) -> None:
+        active.job.emit(Piece(text, reason, active.take_logprobs()))
+        self._release(active)
+
+    def _release(self, active: Active) -> None:
+        """Free the slot; its KV stays for prefix reuse by a later request."""
+        active.chain.close()
+        active.slot.busy = False
+        active.slot.last_used = time.monotonic()
+        self._active.remove(active)
+
+    def _fail_all(self, reason: str) -> None:
+        for active in list(self._active):
+            active.job.emit(GenerationError(f"llama.cpp failed while generating: {reason}"))
+            active.slot.cached.clear()
+            self._release(active)
+            try:
+                self._ctx.forget(active.slot.seq)
+            except NativeError:
+                log.exception("could not clear sequence %d", active.slot.seq)
