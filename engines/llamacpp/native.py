@@ -68,6 +68,7 @@ class BatchedContext:
         params.kv_unified = True  # sequences share one pool of KV cells
         params.swa_full = True  # keep whole prompts for sliding-window layers: prefix reuse
         params.no_perf = True
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # ~4% faster on CPU
         self.shape = shape
         self.model = model
         self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
@@ -122,6 +123,42 @@ class BatchedContext:
             self.ptr = None
 
 
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+assert TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
+class Candidates:
+    """A `llama_token_data_array` over the whole vocabulary, refilled from a row of logits."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._data = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        pointer = self._data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        self.array = llama_cpp.llama_token_data_array(pointer, n_vocab, -1, False)
+
+    def fill(self, logits: npt.NDArray[np.float32]) -> None:
+        self._data["id"] = self._ids
+        self._data["logit"] = logits
+        self._data["p"] = 0.0
+        self.array.size = len(self._ids)
+        self.array.selected = -1
+        self.array.sorted = False
+
+    def apply(self, sampler: ctypes.c_void_p | int | None) -> None:
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(self.array))
+
+    def selected(self) -> int:
+        return int(self._data["id"][self.array.selected])
+
+
+def grammar_allows(grammar: ctypes.c_void_p | int | None, token: int) -> bool:
+    """Whether the grammar, in its current state, accepts `token` next."""
+    one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 1.0, 0.0))
+    array = llama_cpp.llama_token_data_array(one, 1, -1, False)
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+    return bool(np.isfinite(one[0].logit))
+
+
 class SamplerChain:
     """One sequence's sampler chain: its own penalties history, grammar state and RNG."""
 
@@ -138,6 +175,9 @@ class SamplerChain:
     def sample(self, context: BatchedContext, index: int) -> int:
         """Sample (and accept) the next token from batch row `index`."""
         return int(llama_cpp.llama_sampler_sample(self.ptr, context.ptr, index))
+
+    def accept(self, token: int) -> None:
+        llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def close(self) -> None:
         if self.ptr:

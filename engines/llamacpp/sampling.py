@@ -10,7 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.llamacpp.jobs import SamplingParams, TokenLogprob
-from engines.llamacpp.native import NativeModel, SamplerChain
+from engines.llamacpp.native import (
+    BatchedContext,
+    Candidates,
+    NativeModel,
+    SamplerChain,
+    grammar_allows,
+)
 
 PENALTY_WINDOW = 256
 """Presence, frequency and repetition penalties look at this many recent tokens."""
@@ -25,18 +31,12 @@ def _seed(seed: int | None) -> int:
 
 
 def build_chain(params: SamplingParams, model: NativeModel) -> SamplerChain:
-    """grammar -> penalties -> top-k -> top-p -> min-p -> temperature -> draw (or greedy).
+    """penalties -> top-k -> top-p -> min-p -> temperature -> draw (or greedy).
 
-    Each request gets its own chain, so its penalties history, grammar state and random
-    stream are its own. The grammar goes first so that truncation never leaves only tokens
-    the grammar forbids.
+    Each request gets its own chain, so its penalties history and random stream are its own.
     """
     chain = SamplerChain()
     try:
-        if params.grammar:
-            chain.add(
-                llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
-            )
         penalised = (
             params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1
         )
@@ -65,6 +65,54 @@ def build_chain(params: SamplingParams, model: NativeModel) -> SamplerChain:
     except Exception:
         chain.close()
         raise
+
+
+class SequenceSampler:
+    """Picks one sequence's next token, under its grammar when it has one.
+
+    Without a grammar the whole chain runs in C (`llama_sampler_sample`). With one, running the
+    grammar over all 262k vocabulary entries every step would cost more than the decode, so the
+    chain picks a token first and the grammar only checks that one token; only when the grammar
+    rejects it are all candidates filtered by the grammar and the chain run again.
+    """
+
+    def __init__(self, params: SamplingParams, model: NativeModel) -> None:
+        self._chain = build_chain(params, model)
+        self._grammar: SamplerChain | None = None
+        self._candidates: Candidates | None = None
+        if params.grammar:
+            self._grammar = SamplerChain()
+            try:
+                self._grammar.add(
+                    llama_cpp.llama_sampler_init_grammar(
+                        model.vocab, params.grammar.encode(), b"root"
+                    )
+                )
+            except Exception:
+                self.close()
+                raise
+            self._candidates = Candidates(model.n_vocab)
+
+    def sample(self, context: BatchedContext, row: int) -> int:
+        if self._grammar is None or self._candidates is None:
+            return self._chain.sample(context, row)
+        logits, candidates = context.logits(row), self._candidates
+        candidates.fill(logits)
+        candidates.apply(self._chain.ptr)
+        token = candidates.selected()
+        if not grammar_allows(self._grammar.ptr, token):
+            candidates.fill(logits)
+            candidates.apply(self._grammar.ptr)
+            candidates.apply(self._chain.ptr)
+            token = candidates.selected()
+        self._grammar.accept(token)
+        self._chain.accept(token)
+        return token
+
+    def close(self) -> None:
+        self._chain.close()
+        if self._grammar is not None:
+            self._grammar.close()
 
 
 def token_logprob(

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
-from engines.llamacpp.native import BatchedContext, NativeError, NativeModel, SamplerChain
-from engines.llamacpp.sampling import build_chain, token_logprob
+from engines.llamacpp.native import BatchedContext, NativeError, NativeModel
+from engines.llamacpp.sampling import SequenceSampler, token_logprob
 from engines.llamacpp.textstream import TextStream
 
 log = logging.getLogger("cellar.worker.scheduler")
@@ -58,7 +58,7 @@ class Active:
     slot: Slot
     pending: list[int]
     """Prompt tokens not yet decoded."""
-    chain: SamplerChain
+    sampler: SequenceSampler
     text: TextStream
     next_token: int | None = None
     """Sampled, to be decoded in the next step."""
@@ -165,13 +165,13 @@ class BatchScheduler:
             job.cached_tokens = reuse
             self.counters.prompt_tokens_cached += reuse
             try:
-                chain = build_chain(job.params, self._model)
+                sampler = SequenceSampler(job.params, self._model)
             except NativeError as exc:
                 job.emit(GenerationError(str(exc)))
                 continue
             slot.busy = True
             text = TextStream(job.params.stop)
-            self._active.append(Active(job, slot, job.prompt[reuse:], chain, text))
+            self._active.append(Active(job, slot, job.prompt[reuse:], sampler, text))
 
     def _step(self) -> None:
         ctx = self._ctx
@@ -210,7 +210,7 @@ class BatchScheduler:
 
     def _advance(self, active: Active) -> None:
         job, params = active.job, active.job.params
-        token = active.chain.sample(self._ctx, active.row)
+        token = active.sampler.sample(self._ctx, active.row)
         job.completion_tokens += 1
         if self._model.is_eog(token):
             self._finish(active, active.text.flush(), "stop")
@@ -234,7 +234,7 @@ class BatchScheduler:
 
     def _release(self, active: Active) -> None:
         """Free the slot; its KV stays for prefix reuse by a later request."""
-        active.chain.close()
+        active.sampler.close()
         active.slot.busy = False
         active.slot.last_used = time.monotonic()
         self._active.remove(active)
