@@ -95,6 +95,7 @@ class _SamplingRequest(_Request):
     top_k: int | None = Field(None, ge=-1, description="0 or -1: no top-k truncation")
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    ignore_eos: bool = Field(False, description="generate max_tokens even past end-of-text")
 
     def check_supported(self) -> None:
         """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""

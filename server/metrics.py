@@ -37,6 +37,12 @@ class Metrics:
         self.prompt_tokens = Counter(
             "cellar:prompt_tokens", "Prompt tokens processed.", labels, registry=self.registry
         )
+        self.cached_prompt_tokens = Counter(
+            "cellar:prompt_tokens_cached",
+            "Prompt tokens whose KV was reused from an earlier request (prefix cache hits).",
+            labels,
+            registry=self.registry,
+        )
         self.generation_tokens = Counter(
             "cellar:generation_tokens", "Tokens generated.", labels, registry=self.registry
         )
@@ -66,6 +72,10 @@ class Metrics:
             self.prompt_tokens.labels(model).inc(prompt)
         if isinstance(completion, int):
             self.generation_tokens.labels(model).inc(completion)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if isinstance(cached, int):
+            self.cached_prompt_tokens.labels(model).inc(cached)
 
     def set_load(self, model: str, running: int, waiting: int) -> None:
         self.running.labels(model).set(running)

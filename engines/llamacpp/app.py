@@ -38,6 +38,7 @@ def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParam
         repetition_penalty=_or(body.repetition_penalty, 1.0),
         logprobs=body.top_logprob_count(),
         grammar=grammar,
+        ignore_eos=body.ignore_eos,
     )
 
 

@@ -34,6 +34,8 @@ class SamplingParams:
     """None: no logprobs. N >= 0: the sampled token's logprob plus the N most likely tokens."""
     grammar: str | None = None
     """GBNF the output must follow (structured output)."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-text tokens until max_tokens (fixed-length benchmarks)."""
 
 
 @dataclass(frozen=True)

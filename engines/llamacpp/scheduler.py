@@ -212,7 +212,7 @@ class BatchScheduler:
         job, params = active.job, active.job.params
         token = active.sampler.sample(self._ctx, active.row)
         job.completion_tokens += 1
-        if self._model.is_eog(token):
+        if self._model.is_eog(token) and not params.ignore_eos:
             self._finish(active, active.text.flush(), "stop")
             return
         if params.logprobs is not None:

@@ -101,6 +101,7 @@ def test_disconnected_stream_frees_the_worker(gateway: Gateway) -> None:
         "prompt": "Write a very long story.",
         "max_tokens": 3000,
         "temperature": 1.0,
+        "ignore_eos": True,
         "stream": True,
     }
     with gateway.http() as http, http.stream("POST", "/v1/completions", json=body) as response:
@@ -115,7 +116,12 @@ def test_disconnected_stream_frees_the_worker(gateway: Gateway) -> None:
 
 
 def test_disconnected_unstreamed_request_frees_the_worker(gateway: Gateway) -> None:
-    body = {"model": MODEL, "prompt": "Write a very long story.", "max_tokens": 3000}
+    body = {
+        "model": MODEL,
+        "prompt": "Write a very long story.",
+        "max_tokens": 3000,
+        "ignore_eos": True,
+    }
     with gateway.http(timeout=1.5) as http, pytest.raises(httpx.ReadTimeout):
         http.post("/v1/completions", json=body)
     _wait_idle(gateway)
