@@ -15,6 +15,11 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from cellar.errors import InvalidRequest
 from cellar.protocol import ResponseFormat
 
+# llama-cpp-python's converter lets raw control characters (a bare newline, say) into JSON
+# strings, which strict JSON parsers reject; llama.cpp's own converter excludes them.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
 
 def grammar_for(response_format: ResponseFormat | None) -> str | None:
     """GBNF for the requested format; None for plain text."""
@@ -25,11 +30,12 @@ def grammar_for(response_format: ResponseFormat | None) -> str | None:
     assert response_format.json_schema is not None
     schema = response_format.json_schema.schema_ or {"type": "object"}
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except (ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
         raise InvalidRequest(
             f"cannot enforce this JSON schema: {exc}", param="response_format.json_schema"
         ) from None
+    return grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 def check_grammar(vocab: llama_cpp.llama_vocab_p, grammar: str) -> None:
