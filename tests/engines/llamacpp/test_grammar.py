@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import pytest
@@ -13,7 +14,7 @@ from engines.llamacpp.grammar import check_grammar, grammar_for
 from engines.llamacpp.native import grammar_allows
 
 
-def _format(schema: dict[str, object]) -> ResponseFormat:
+def _format(schema: dict[str, Any]) -> ResponseFormat:
     return ResponseFormat.model_validate(
         {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
     )
