@@ -30,7 +30,7 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup serve test lint typecheck pytest schema clean
+.PHONY: setup serve test lint typecheck pytest schema bench clean
 
 setup: $(IMPORTED)
 
@@ -75,6 +75,9 @@ pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest
+
+bench: setup
+	$(PY) -m benchmarks.batching
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json
