@@ -7,12 +7,13 @@ A bad config never gets past `load_config`: the ConfigError it raises names the 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from cellar.errors import ConfigError
 
@@ -27,6 +28,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from 123, "512MiB", "8GB"..."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB or 8GB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from 30, "2s", "15m", "1h"; -1 (or "-1") means forever."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, or -1 for never)")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
 class ServerSettings(_Strict):
     """Where the gateway listens and how it logs."""
 
@@ -34,6 +74,17 @@ class ServerSettings(_Strict):
     port: int = Field(8000, ge=0, le=65535, description="TCP port of the gateway (0 = any free).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the gateway and its workers."
+    )
+    memory_budget: Size | Literal["auto"] = Field(
+        "auto",
+        description="RAM all loaded models may use together (e.g. 12GiB); `auto`: 80% of this "
+        "machine's RAM. Loading past it evicts idle models, least recently used first.",
+    )
+    keep_alive: Duration = Field(
+        -1, description="Default idle time before a model is unloaded (30s, 15m; -1: never)."
+    )
+    load_timeout_s: float = Field(
+        600, gt=0, description="How long a request waits for its model to load."
     )
 
 
@@ -73,6 +124,16 @@ class LlamaCppSettings(_Strict):
         return value
 
 
+class WarmupSettings(_Strict):
+    """Requests run before a model counts as ready, so the first real one is not the slow one."""
+
+    enabled: bool = Field(True, description="Run warm-up prompts after loading.")
+    prompts: list[str] = Field(
+        default_factory=lambda: ["Hello"], description="Raw completion prompts to run."
+    )
+    max_tokens: int = Field(4, ge=1, description="Tokens generated per warm-up prompt.")
+
+
 class ModelDeployment(_Strict):
     """One model served by the gateway under `name`."""
 
@@ -100,6 +161,20 @@ class ModelDeployment(_Strict):
     )
     startup_timeout_s: float = Field(
         300, gt=0, description="How long the worker may take to load before it counts as failed."
+    )
+    preload: bool = Field(False, description="Load when the gateway starts, not on first use.")
+    keep_alive: Duration | None = Field(
+        None, description="Idle time before unloading (30s, 15m; -1: never); default: server's."
+    )
+    warmup: WarmupSettings = Field(default_factory=WarmupSettings, description="Warm-up.")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Requests served at once; default: llamacpp.n_parallel."
+    )
+    max_queue: int = Field(
+        64, ge=0, description="Requests that may wait for a turn; beyond that, 429."
+    )
+    memory_estimate: Size | None = Field(
+        None, description="Override the estimated RAM of this model (e.g. 2GiB)."
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cellar.deployments import ResolvedDeployment
 from engines.base import Engine
 from engines.llamacpp.launcher import launch_llamacpp, worker_spec
+from engines.llamacpp.memory import estimate_bytes
 
 
 def engine_name(deployment: ResolvedDeployment) -> str:
@@ -23,3 +24,8 @@ class ProcessLauncher:
             deployment.spec, deployment.path, deployment.chat_template, self.log_level
         )
         return launch_llamacpp(spec)
+
+
+def memory_estimate(deployment: ResolvedDeployment) -> int:
+    """Estimated RAM of the deployment's worker, in bytes."""
+    return estimate_bytes(deployment.path, deployment.spec.llamacpp)

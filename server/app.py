@@ -17,25 +17,29 @@ from server.metrics import Metrics
 from server.proxy import Proxy
 from server.routes import openai, ops
 from server.service import CompletionService
-from server.supervisor import Launcher, Supervisor
+from server.supervisor import Estimator, Launcher, Limits, Supervisor
 
 
 def create_app(
-    deployments: list[ResolvedDeployment], store: ModelStore, launcher: Launcher
+    deployments: list[ResolvedDeployment],
+    store: ModelStore,
+    launcher: Launcher,
+    estimator: Estimator,
+    limits: Limits,
 ) -> FastAPI:
     """The gateway app; its workers start with the app and stop with it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            supervisor = Supervisor(deployments, store, launcher)
+        pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=pool) as client:
             metrics = Metrics()
+            supervisor = Supervisor(deployments, store, launcher, estimator, limits, metrics)
             app.state.http = client
             app.state.started_at = time.time()
             app.state.completions = CompletionService(supervisor, Proxy(client, metrics), metrics)
-            supervisor.start_all()
+            supervisor.start()
             try:
                 yield
             finally:

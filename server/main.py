@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import uvicorn
 
-from cellar.config import load_config
+from cellar.config import CellarConfig, load_config
 from cellar.deployments import resolve_deployments
 from cellar.store import store_for
-from engines.launch import ProcessLauncher
+from engines.launch import ProcessLauncher, memory_estimate
 from server.app import create_app
+from server.supervisor import Limits
 
 log = logging.getLogger("cellar.server")
+
+
+AUTO_BUDGET_SHARE = 0.8
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def limits_of(config: CellarConfig) -> Limits:
+    server = config.server
+    budget = server.memory_budget
+    if budget == "auto":
+        budget = int(physical_memory() * AUTO_BUDGET_SHARE)
+    return Limits(budget, server.keep_alive, server.load_timeout_s)
 
 
 def serve(config_file: Path) -> None:
@@ -26,7 +43,8 @@ def serve(config_file: Path) -> None:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied call is noise
-    app = create_app(deployments, store, ProcessLauncher(level))
+    limits = limits_of(config)
+    app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits)
     log.info(
         "serving %d model(s) on http://%s:%d",
         len(deployments),

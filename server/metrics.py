@@ -59,6 +59,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.model_state = Gauge(
+            "cellar:model_state",
+            "1 for the state each deployment is in, 0 for the others.",
+            ["model_name", "state"],
+            registry=self.registry,
+        )
+        self.load_duration = Histogram(
+            "cellar:model_load_duration_seconds",
+            "Time to load and warm up a model, until it is ready.",
+            labels,
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "cellar:model_restarts",
+            "Workers found dead (crash, kill, failed health checks).",
+            labels,
+            registry=self.registry,
+        )
+
     def record(self, model: str, status: int, latency_s: float | None = None) -> None:
         self.requests.labels(model, str(status)).inc()
         if latency_s is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,12 @@ class Call:
     payload: dict[str, Any]
     client_wants_usage: bool
     started: float
+    on_done: Callable[[], None]
+    """Called exactly once when the answer is complete or abandoned (releases the turn)."""
+
+
+class WorkerUnreachable(EngineUnavailable):
+    """The worker refused the connection: the request never reached it, so a retry is safe."""
 
 
 def _failure(call: Call, exc: httpx.HTTPError) -> CellarError:
@@ -70,7 +76,7 @@ def _failure(call: Call, exc: httpx.HTTPError) -> CellarError:
     off a request the worker had (502)."""
     if isinstance(exc, httpx.ConnectError):
         reason = call.engine.error or "its worker does not accept connections (it may have crashed)"
-        return EngineUnavailable(f"model {call.model!r} is unavailable: {reason}")
+        return WorkerUnreachable(f"model {call.model!r} is unavailable: {reason}")
     return EngineFailed(f"the worker for model {call.model!r} failed: {type(exc).__name__}: {exc}")
 
 
@@ -80,9 +86,16 @@ class Proxy:
         self._metrics = metrics
 
     async def forward(self, request: Request, call: Call) -> Response:
-        if call.payload.get("stream"):
+        if not call.payload.get("stream"):
+            try:
+                return await self._unary(request, call)
+            finally:
+                call.on_done()
+        try:
             return await self._stream(call)
-        return await self._unary(request, call)
+        except BaseException:
+            call.on_done()
+            raise
 
     async def _unary(self, request: Request, call: Call) -> Response:
         url = call.engine.base_url + call.path
@@ -111,11 +124,15 @@ class Proxy:
             body = await upstream.aread()
             await upstream.aclose()
             self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
+            call.on_done()
             return Response(body, upstream.status_code, media_type="application/json")
         outcome = {"status": STATUS_CLIENT_GONE}
 
         async def close() -> None:
-            await upstream.aclose()
+            try:
+                await upstream.aclose()
+            finally:
+                call.on_done()
             self._metrics.record(call.model, outcome["status"], time.monotonic() - call.started)
 
         return sse_response(self._relay(call, upstream, outcome), close)
@@ -150,13 +167,3 @@ class Proxy:
             outcome["status"] = EngineFailed.status
             raise EngineFailed(f"the worker for model {call.model!r} ended the stream early")
         outcome["status"] = 200
-
-
-async def refresh_load(client: httpx.AsyncClient, engines: dict[str, Engine], m: Metrics) -> None:
-    """Ask each ready worker how many requests it runs and queues, for the gauges."""
-    for name, engine in engines.items():
-        try:
-            stats = (await client.get(engine.base_url + "/stats", timeout=1.0)).json()
-            m.set_load(name, int(stats["running"]), int(stats["waiting"]))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            log.debug("no load figures from %s", name)

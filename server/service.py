@@ -9,8 +9,9 @@ from fastapi.responses import Response
 
 from cellar.errors import CellarError
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from cellar.web import unless_disconnected
 from server.metrics import Metrics
-from server.proxy import Call, Proxy
+from server.proxy import Call, Proxy, WorkerUnreachable
 from server.supervisor import Supervisor
 
 CHAT_PATH = "/v1/chat/completions"
@@ -30,16 +31,34 @@ class CompletionService:
         self.supervisor.get(body.model)  # unknown models: 404 before anything else
         try:
             body.check_supported()
-            engine = await self.supervisor.acquire(body.model)
-            call = Call(
-                model=body.model,
-                engine=engine,
-                path=path,
-                payload=body.model_dump(exclude_unset=True, by_alias=True),
-                client_wants_usage=body.wants_usage_in_stream(),
-                started=started,
-            )
-            return await self.proxy.forward(request, call)
+            try:
+                return await self._attempt(request, path, body, started)
+            except WorkerUnreachable:
+                # The worker died before the gateway noticed; the request never reached it.
+                return await self._attempt(request, path, body, started)
         except CellarError as exc:
             self.metrics.record(body.model, exc.status, time.monotonic() - started)
+            raise
+
+    async def _attempt(
+        self,
+        request: Request,
+        path: str,
+        body: ChatCompletionRequest | CompletionRequest,
+        started: float,
+    ) -> Response:
+        lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
+        call = Call(
+            model=body.model,
+            engine=lease.engine,
+            path=path,
+            payload=body.model_dump(exclude_unset=True, by_alias=True),
+            client_wants_usage=body.wants_usage_in_stream(),
+            started=started,
+            on_done=lease.release,
+        )
+        try:
+            return await self.proxy.forward(request, call)
+        except WorkerUnreachable:
+            self.supervisor.report_unreachable(lease)
             raise

@@ -1,89 +1,115 @@
-"""Starts one engine worker per deployment, tracks its state, and hands out ready engines.
+"""The lifecycle of every deployment: load on demand, warm up, unload when idle, keep the total
+under the memory budget, restart after crashes.
 
-This version loads every configured model when the gateway starts (in the background, so the
-gateway answers health checks at once). A model that fails to load is reported with its reason
-and leaves every other model serving.
+States (server.deployment.State):
+    stopped -> loading -> warming -> ready -> unloading -> stopped
+    loading | warming -> failed       (the reason is kept; the next request retries, with backoff)
+    ready -> failed                   (the worker died or stopped answering health checks)
+A request takes a turn from the model's Admission first, then waits (bounded) for the model to
+be ready; concurrent requests share one load. Load and unload decisions that touch the memory
+budget are serialized by one lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+import httpx
 
 from cellar.deployments import ResolvedDeployment
 from cellar.errors import EngineUnavailable, IntegrityError, ModelNotFound
 from cellar.store import ModelStore
 from engines.base import Engine, EngineState
 from engines.launch import engine_name
+from engines.warmup import warm_up
+from server.admission import Admission
+from server.deployment import MAX_CONSECUTIVE_FAILURES, Deployment, State, keep_alive_of
+from server.metrics import Metrics
 
 log = logging.getLogger("cellar.supervisor")
 
 Launcher = Callable[[ResolvedDeployment], Engine]
 """Builds a not-yet-started engine for a deployment."""
+Estimator = Callable[[ResolvedDeployment], int]
+"""Estimated RAM of a deployment, in bytes."""
+
+MONITOR_PERIOD_S = 1.0
+HEALTH_EVERY_S = 5.0
+HEALTH_MISSES = 3
+STABLE_AFTER_S = 60.0
+"""A model ready this long forgets its earlier failures (and their backoff)."""
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 @dataclass
-class Deployment:
-    resolved: ResolvedDeployment
-    engine: Engine | None = None
-    error: str | None = None
-    loaded: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when loading ended, successfully or not."""
+class Lease:
+    """A request's turn on a ready engine; release it when the answer is complete."""
 
-    @property
-    def name(self) -> str:
-        return self.resolved.spec.name
+    deployment: Deployment
+    engine: Engine
 
-    @property
-    def state(self) -> EngineState:
-        if self.error is not None:
-            return EngineState.FAILED
-        if self.engine is not None:
-            return self.engine.state
-        return EngineState.STOPPED if self.loaded.is_set() else EngineState.STARTING
+    def release(self) -> None:
+        self.deployment.last_used = time.monotonic()
+        self.deployment.admission.leave()
+
+
+@dataclass(frozen=True)
+class Limits:
+    budget_bytes: int
+    keep_alive_s: float
+    load_timeout_s: float
 
 
 class Supervisor:
     def __init__(
-        self, deployments: list[ResolvedDeployment], store: ModelStore, launcher: Launcher
+        self,
+        deployments: list[ResolvedDeployment],
+        store: ModelStore,
+        launcher: Launcher,
+        estimator: Estimator,
+        limits: Limits,
+        metrics: Metrics,
     ) -> None:
-        self._deployments = {d.spec.name: Deployment(d) for d in deployments}
         self._store = store
         self._launcher = launcher
-        self._tasks: list[asyncio.Task[None]] = []
+        self._limits = limits
+        self._metrics = metrics
+        self._deployments: dict[str, Deployment] = {}
+        for resolved in deployments:
+            spec = resolved.spec
+            concurrency = spec.max_concurrency or spec.llamacpp.n_parallel
+            self._deployments[spec.name] = Deployment(
+                resolved=resolved,
+                admission=Admission(spec.name, concurrency, spec.max_queue),
+                estimate_bytes=spec.memory_estimate or estimator(resolved),
+                keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
+            )
+        self._budget_lock = asyncio.Lock()
+        self._monitor: asyncio.Task[None] | None = None
+        self._last_health = 0.0
 
     @property
     def names(self) -> list[str]:
         return list(self._deployments)
 
-    def start_all(self) -> None:
-        """Begin loading every deployment in the background."""
-        self._tasks = [asyncio.create_task(self._load(d)) for d in self._deployments.values()]
+    @property
+    def budget_bytes(self) -> int:
+        return self._limits.budget_bytes
 
-    async def _load(self, deployment: Deployment) -> None:
-        try:
-            manifest = deployment.resolved.manifest
-            if manifest is not None:
-                await asyncio.to_thread(self._store.verify, manifest.name)
-            engine = self._launcher(deployment.resolved)
-            deployment.engine = engine
-            await engine.start()
-            await engine.wait_ready(deployment.resolved.spec.startup_timeout_s)
-            log.info("model %r is ready at %s", deployment.name, engine.base_url)
-        except IntegrityError as exc:
-            deployment.error = f"refused to load: {exc}"
-        except EngineUnavailable as exc:
-            deployment.error = exc.message
-        except Exception as exc:
-            log.exception("loading %r failed", deployment.name)
-            deployment.error = f"loading failed: {exc}"
-        finally:
-            if deployment.error:
-                log.error("model %r is unavailable: %s", deployment.name, deployment.error)
-            deployment.loaded.set()
+    def start(self) -> None:
+        """Preload what the config asks for; watch every deployment from now on."""
+        for deployment in self._deployments.values():
+            if deployment.resolved.spec.preload:
+                self._begin_load(deployment)
+        self._monitor = asyncio.create_task(self._watch())
 
     def get(self, name: str) -> Deployment:
         try:
@@ -95,49 +121,276 @@ class Supervisor:
                 param="model",
             ) from None
 
-    async def acquire(self, name: str) -> Engine:
-        """The ready engine serving `name`; waits while it is still loading."""
+    # -- serving ---------------------------------------------------------------------------
+
+    async def acquire(self, name: str) -> Lease:
+        """A turn on the model's ready engine: waits in its queue, then for it to load."""
         deployment = self.get(name)
-        await deployment.loaded.wait()
-        engine = deployment.engine
-        if deployment.error is not None or engine is None:
-            raise EngineUnavailable(f"model {name!r} is unavailable: {deployment.error}")
-        if engine.state is not EngineState.READY:
-            reason = engine.error or f"its worker is {engine.state}"
-            raise EngineUnavailable(f"model {name!r} is unavailable: {reason}")
-        return engine
+        await deployment.admission.enter()
+        try:
+            engine = await self._ready(deployment)
+        except BaseException:
+            deployment.admission.leave()
+            raise
+        deployment.last_used = time.monotonic()
+        return Lease(deployment, engine)
 
-    def ready_engines(self) -> dict[str, Engine]:
-        return {
-            d.name: d.engine
-            for d in self._deployments.values()
-            if d.engine is not None and d.state is EngineState.READY
-        }
-
-    def all_ready(self) -> bool:
-        return all(d.state is EngineState.READY for d in self._deployments.values())
-
-    def describe(self) -> list[dict[str, Any]]:
-        """State of each deployment, for /admin/models and /health/ready."""
-        out = []
-        for d in self._deployments.values():
-            spec = d.resolved.spec
-            out.append(
-                {
-                    "name": d.name,
-                    "state": d.state.value,
-                    "error": d.error or (d.engine.error if d.engine else None),
-                    "engine": engine_name(d.resolved),
-                    "source": spec.source,
-                    "path": str(d.resolved.path),
-                    "sha256": d.resolved.manifest.sha256 if d.resolved.manifest else None,
-                }
+    async def _ready(self, deployment: Deployment) -> Engine:
+        self._notice_crash(deployment)
+        while deployment.state is State.UNLOADING:
+            await asyncio.sleep(0.05)
+        if deployment.state is State.READY and deployment.engine is not None:
+            return deployment.engine
+        if deployment.load_task is None or deployment.load_task.done():
+            self._check_retry(deployment)
+            self._begin_load(deployment)
+        assert deployment.load_task is not None
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(deployment.load_task), self._limits.load_timeout_s
             )
-        return out
+        except TimeoutError:
+            raise EngineUnavailable(
+                f"model {deployment.name!r} is still loading after "
+                f"{self._limits.load_timeout_s:g} s; retry later"
+            ) from None
+        if deployment.state is not State.READY or deployment.engine is None:
+            raise EngineUnavailable(f"model {deployment.name!r} is unavailable: {deployment.error}")
+        return deployment.engine
+
+    def _check_retry(self, deployment: Deployment) -> None:
+        if deployment.state is not State.FAILED:
+            return
+        if deployment.failures >= MAX_CONSECUTIVE_FAILURES:
+            raise EngineUnavailable(
+                f"model {deployment.name!r} failed {deployment.failures} times in a row and is "
+                f"not retried automatically; last error: {deployment.error}. "
+                f"Fix the cause, then POST /admin/models/{deployment.name}/load"
+            )
+        wait = deployment.retry_at - time.monotonic()
+        if wait > 0:
+            raise EngineUnavailable(
+                f"model {deployment.name!r} is unavailable: {deployment.error}; "
+                f"next restart in {wait:.0f} s"
+            )
+
+    # -- loading and unloading -------------------------------------------------------------
+
+    def _begin_load(self, deployment: Deployment) -> None:
+        if deployment.load_task is None or deployment.load_task.done():
+            deployment.load_task = asyncio.create_task(self._load(deployment))
+
+    async def _load(self, deployment: Deployment) -> None:
+        started = time.monotonic()
+        self._set_state(deployment, State.LOADING)
+        deployment.error = None
+        spec = deployment.resolved.spec
+        try:
+            manifest = deployment.resolved.manifest
+            if manifest is not None:
+                await asyncio.to_thread(self._store.verify, manifest.name)
+            async with self._budget_lock:
+                await self._make_room(deployment)
+                engine = self._launcher(deployment.resolved)
+                deployment.engine = engine
+                await engine.start()
+            await engine.wait_ready(spec.startup_timeout_s)
+            if spec.warmup.enabled and spec.warmup.prompts:
+                self._set_state(deployment, State.WARMING)
+                ttfts = await warm_up(
+                    engine.base_url, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
+                )
+                log.info(
+                    "model %r warmed up: TTFT %s s", spec.name, ", ".join(f"{t:.3f}" for t in ttfts)
+                )
+        except IntegrityError as exc:
+            await self._fail(deployment, f"refused to load: {exc}")
+        except EngineUnavailable as exc:
+            await self._fail(deployment, exc.message)
+        except Exception as exc:
+            log.exception("loading %r failed", spec.name)
+            await self._fail(deployment, f"loading failed: {exc}")
+        else:
+            deployment.loaded_at = time.monotonic()
+            deployment.health_misses = 0
+            deployment.crashed = False
+            self._set_state(deployment, State.READY)
+            self._metrics.load_duration.labels(spec.name).observe(time.monotonic() - started)
+            log.info(
+                "model %r is ready at %s (%.1f s)",
+                spec.name,
+                engine.base_url,
+                time.monotonic() - started,
+            )
+
+    async def _fail(self, deployment: Deployment, reason: str) -> None:
+        if deployment.engine is not None:
+            await deployment.engine.stop()
+            deployment.engine = None
+        deployment.error = reason
+        deployment.failures += 1
+        deployment.retry_at = time.monotonic() + deployment.backoff_s()
+        deployment.loaded_at = None
+        self._set_state(deployment, State.FAILED)
+        log.error("model %r is unavailable: %s", deployment.name, reason)
+
+    async def _make_room(self, deployment: Deployment) -> None:
+        """Evict idle models, least recently used first, until `deployment` fits the budget."""
+        budget, need = self._limits.budget_bytes, deployment.estimate_bytes
+        if need > budget:
+            raise EngineUnavailable(
+                f"model {deployment.name!r} needs about {_gib(need)}, more than the whole "
+                f"memory budget of {_gib(budget)} (server.memory_budget)"
+            )
+        others = [d for d in self._deployments.values() if d is not deployment]
+        used = sum(d.estimate_bytes for d in others if d.holds_memory)
+        while used + need > budget:
+            idle = [d for d in others if d.state is State.READY and not d.busy]
+            if not idle:
+                holders = ", ".join(d.name for d in others if d.holds_memory)
+                raise EngineUnavailable(
+                    f"model {deployment.name!r} needs about {_gib(need)} but only "
+                    f"{_gib(max(budget - used, 0))} of the {_gib(budget)} memory budget is free, "
+                    f"and the models holding the rest are busy ({holders}); retry later"
+                )
+            victim = min(idle, key=lambda d: d.last_used)
+            await self._unload(victim, f"evicted to make room for {deployment.name!r}")
+            used -= victim.estimate_bytes
+
+    async def _unload(self, deployment: Deployment, why: str) -> None:
+        log.info("unloading model %r: %s", deployment.name, why)
+        self._set_state(deployment, State.UNLOADING)
+        if deployment.engine is not None:
+            await deployment.engine.stop()
+        deployment.engine = None
+        deployment.loaded_at = None
+        self._set_state(deployment, State.STOPPED)
+
+    async def load(self, name: str) -> Deployment:
+        """Admin: load now (clearing earlier failures) and wait until ready or failed."""
+        deployment = self.get(name)
+        deployment.failures = 0
+        deployment.retry_at = 0.0
+        with contextlib.suppress(EngineUnavailable):
+            await self._ready(deployment)
+        return deployment
+
+    async def unload(self, name: str) -> Deployment:
+        """Admin: stop the model's worker now (in-flight requests get an error)."""
+        deployment = self.get(name)
+        if deployment.load_task is not None and not deployment.load_task.done():
+            await asyncio.wait({deployment.load_task})
+        if deployment.engine is not None:
+            async with self._budget_lock:
+                await self._unload(deployment, "asked to by an operator")
+        return deployment
+
+    def report_unreachable(self, lease: Lease) -> None:
+        """A request found the worker refusing connections: treat it as crashed now."""
+        deployment = lease.deployment
+        if deployment.engine is lease.engine and deployment.state is State.READY:
+            self._crashed(deployment, lease.engine.error or "its worker refused connections")
+
+    # -- watching --------------------------------------------------------------------------
+
+    def _notice_crash(self, deployment: Deployment) -> None:
+        engine = deployment.engine
+        if deployment.state is State.READY and engine and engine.state is EngineState.FAILED:
+            self._crashed(deployment, engine.error or "the worker died")
+
+    def _crashed(self, deployment: Deployment, reason: str) -> None:
+        deployment.crashed = True
+        deployment.restarts += 1
+        deployment.failures += 1
+        deployment.error = reason
+        deployment.retry_at = time.monotonic() + deployment.backoff_s()
+        deployment.loaded_at = None
+        self._metrics.restarts.labels(deployment.name).inc()
+        self._set_state(deployment, State.FAILED)
+        log.error("model %r crashed: %s", deployment.name, reason)
+        engine, deployment.engine = deployment.engine, None
+        if engine is not None:
+            asyncio.get_running_loop().create_task(engine.stop())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_PERIOD_S)
+            try:
+                await self._check_all()
+            except Exception:
+                log.exception("deployment check failed")
+
+    async def _check_all(self) -> None:
+        now = time.monotonic()
+        probe = now - self._last_health >= HEALTH_EVERY_S
+        if probe:
+            self._last_health = now
+        for deployment in self._deployments.values():
+            self._notice_crash(deployment)
+            if deployment.state is State.READY:
+                await self._check_ready(deployment, now, probe)
+            elif (
+                deployment.state is State.FAILED
+                and deployment.crashed
+                and deployment.resolved.spec.preload
+                and deployment.failures < MAX_CONSECUTIVE_FAILURES
+                and now >= deployment.retry_at
+            ):
+                self._begin_load(deployment)  # a crashed preloaded model comes back by itself
+
+    async def _check_ready(self, deployment: Deployment, now: float, probe: bool) -> None:
+        if deployment.loaded_at and now - deployment.loaded_at > STABLE_AFTER_S:
+            deployment.failures = 0
+        idle_for = now - deployment.last_used
+        keep = deployment.keep_alive_s
+        if keep >= 0 and not deployment.busy and idle_for > keep:
+            async with self._budget_lock:
+                if deployment.state is State.READY and not deployment.busy:
+                    await self._unload(
+                        deployment, f"idle for {idle_for:.0f} s (keep_alive {keep:g} s)"
+                    )
+            return
+        if probe and deployment.engine is not None:
+            healthy = await deployment.engine.health()
+            deployment.health_misses = 0 if healthy else deployment.health_misses + 1
+            if deployment.health_misses >= HEALTH_MISSES:
+                self._crashed(deployment, "the worker stopped answering its health checks")
+
+    def _set_state(self, deployment: Deployment, state: State) -> None:
+        deployment.state = state
+        for each in State:
+            self._metrics.model_state.labels(deployment.name, each.value).set(each is state)
+
+    # -- views -----------------------------------------------------------------------------
+
+    async def refresh_load(self, client: httpx.AsyncClient) -> None:
+        """Set the running/waiting gauges: the worker's own counts, plus requests waiting in
+        the gateway for a turn or for the model to load."""
+        for deployment in self._deployments.values():
+            running, waiting = 0, deployment.admission.waiting
+            engine = deployment.engine
+            if engine is not None and deployment.state is State.READY:
+                try:
+                    stats = (await client.get(engine.base_url + "/stats", timeout=1.0)).json()
+                    running, waiting = int(stats["running"]), waiting + int(stats["waiting"])
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    log.debug("no load figures from %s", deployment.name)
+            self._metrics.set_load(deployment.name, running, waiting)
+
+    def all_preloaded_ready(self) -> bool:
+        return all(
+            d.state is State.READY for d in self._deployments.values() if d.resolved.spec.preload
+        )
+
+    def describe(self) -> list[dict[str, object]]:
+        return [d.describe(engine_name(d.resolved)) for d in self._deployments.values()]
 
     async def stop_all(self) -> None:
-        for task in self._tasks:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        tasks = [d.load_task for d in self._deployments.values() if d.load_task is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         engines = [d.engine for d in self._deployments.values() if d.engine is not None]
         await asyncio.gather(*(e.stop() for e in engines), return_exceptions=True)

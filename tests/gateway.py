@@ -30,7 +30,8 @@ def default_models() -> list[dict[str, Any]]:
             "name": MODEL,
             "source": f"store:{BUNDLED_NAME}",
             "chat_template": "gemma",
-            "llamacpp": {"n_ctx": N_CTX},
+            "preload": True,
+            "llamacpp": {"n_ctx": N_CTX, "n_parallel": 8},
         }
     ]
 

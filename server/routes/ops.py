@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.proxy import refresh_load
+from engines.launch import engine_name
 from server.service import CompletionService
 
 router = APIRouter()
@@ -27,9 +27,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    """200 only when every configured model is loaded and ready."""
+    """200 only when every preloaded model is loaded and warmed up."""
     supervisor = _service(request).supervisor
-    ok = supervisor.all_ready()
+    ok = supervisor.all_preloaded_ready()
     body = {"status": "ready" if ok else "not_ready", "models": supervisor.describe()}
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -37,10 +37,24 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    await refresh_load(request.app.state.http, service.supervisor.ready_engines(), service.metrics)
+    await service.supervisor.refresh_load(request.app.state.http)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/admin/models")
 async def admin_models(request: Request) -> dict[str, Any]:
-    return {"models": _service(request).supervisor.describe()}
+    supervisor = _service(request).supervisor
+    return {"memory_budget_bytes": supervisor.budget_bytes, "models": supervisor.describe()}
+
+
+@router.post("/admin/models/{name}/load")
+async def admin_load(name: str, request: Request) -> dict[str, Any]:
+    """Load now (clearing earlier failures); answers when ready or failed."""
+    deployment = await _service(request).supervisor.load(name)
+    return deployment.describe(engine_name(deployment.resolved))
+
+
+@router.post("/admin/models/{name}/unload")
+async def admin_unload(name: str, request: Request) -> dict[str, Any]:
+    deployment = await _service(request).supervisor.unload(name)
+    return deployment.describe(engine_name(deployment.resolved))

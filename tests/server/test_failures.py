@@ -30,8 +30,8 @@ def broken_gateway(
     stored.write_bytes(b"GGUF" + b"\x02" * 8192)  # same size, different bytes
     models = [
         *default_models(),
-        {"name": "broken", "source": str(corrupt), "chat_template": "gemma"},
-        {"name": "tampered", "source": "store:tampered-model"},
+        {"name": "broken", "source": str(corrupt), "chat_template": "gemma", "preload": True},
+        {"name": "tampered", "source": "store:tampered-model", "preload": True},
     ]
     with start_gateway(work, store.root, models) as gw:
         yield gw

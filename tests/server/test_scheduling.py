@@ -16,12 +16,12 @@ from tests.gateway import MODEL, Gateway, default_models, start_gateway
 
 pytestmark = pytest.mark.slow
 
-SMALL_CTX = 512
+SMALL_CTX = 1024
 
 
 @pytest.fixture(scope="module")
 def two_slots(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iterator[Gateway]:
-    """A gateway whose model decodes at most two requests at once, in 512-token contexts."""
+    """A gateway whose model decodes at most two requests at once, in 1024-token contexts."""
     [model] = default_models()
     model["llamacpp"] = {"n_ctx": SMALL_CTX, "n_parallel": 2}
     with start_gateway(tmp_path_factory.mktemp("two-slots"), store.root, [model]) as gw:

@@ -1,0 +1,110 @@
+"""Reading a GGUF file's metadata header quickly (scalars only; arrays are skipped).
+
+The `gguf` package reads whole files, tensor table and 262k-entry vocabularies included (about
+10 s for the bundled model); deciding whether a model fits in memory needs a few numbers in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+Scalar = int | float | bool | str
+
+
+class GGUFError(ValueError):
+    """Not a readable GGUF header."""
+
+
+def _read(handle: BinaryIO, fmt: str) -> tuple[object, ...]:
+    size = struct.calcsize(fmt)
+    data = handle.read(size)
+    if len(data) != size:
+        raise GGUFError("the file ends inside its metadata header")
+    return struct.unpack(fmt, data)
+
+
+def _remaining(handle: BinaryIO) -> int:
+    return os.fstat(handle.fileno()).st_size - handle.tell()
+
+
+def _string(handle: BinaryIO) -> str:
+    (length,) = _read(handle, "<Q")
+    assert isinstance(length, int)
+    if length > _remaining(handle):
+        raise GGUFError("a metadata string runs past the end of the file (corrupt header)")
+    return handle.read(length).decode("utf-8", "replace")
+
+
+def _skip(handle: BinaryIO, kind: int) -> None:
+    if kind in _SCALARS:
+        handle.seek(struct.calcsize(_SCALARS[kind]), 1)
+    elif kind == _STRING:
+        (length,) = _read(handle, "<Q")
+        assert isinstance(length, int)
+        if length > _remaining(handle):
+            raise GGUFError("a metadata string runs past the end of the file (corrupt header)")
+        handle.seek(length, 1)
+    elif kind == _ARRAY:
+        inner, count = _read(handle, "<IQ")
+        assert isinstance(inner, int) and isinstance(count, int)
+        if count > _remaining(handle):
+            raise GGUFError("a metadata array runs past the end of the file (corrupt header)")
+        if inner in _SCALARS:
+            handle.seek(struct.calcsize(_SCALARS[inner]) * count, 1)
+        else:
+            for _ in range(count):
+                _skip(handle, inner)
+    else:
+        raise GGUFError(f"unknown metadata value type {kind}")
+
+
+def read_metadata(path: Path) -> tuple[dict[str, Scalar], dict[str, int]]:
+    """(scalar metadata, {array key: length}) from the header of a GGUF file."""
+    scalars: dict[str, Scalar] = {}
+    arrays: dict[str, int] = {}
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise GGUFError(f"{path} is not a GGUF file")
+        _version, _tensors, count = _read(handle, "<IQQ")
+        assert isinstance(count, int)
+        if count > _remaining(handle):
+            raise GGUFError(f"{path}: implausible metadata count {count} (corrupt header)")
+        for _ in range(count):
+            key = _string(handle)
+            (kind,) = _read(handle, "<I")
+            assert isinstance(kind, int)
+            if kind in _SCALARS:
+                (value,) = _read(handle, _SCALARS[kind])
+                assert isinstance(value, int | float | bool)
+                scalars[key] = value
+            elif kind == _STRING:
+                scalars[key] = _string(handle)
+            elif kind == _ARRAY:
+                position = handle.tell()
+                _inner, length = _read(handle, "<IQ")
+                assert isinstance(length, int)
+                arrays[key] = length
+                handle.seek(position)
+                _skip(handle, kind)
+            else:
+                raise GGUFError(f"{path}: unknown metadata value type {kind} for {key}")
+    return scalars, arrays

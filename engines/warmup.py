@@ -1,0 +1,42 @@
+"""Warm-up: a few real requests before a model counts as ready.
+
+The first decode on a fresh worker pays for page-faulting the weights and allocating compute
+buffers; warm-up pays it instead of the first user. The supervisor and `cellar warmup` run the
+same code against any engine's OpenAI API.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+async def time_to_first_token(
+    client: httpx.AsyncClient, base_url: str, model: str, prompt: str, max_tokens: int
+) -> float:
+    """Seconds from sending a streamed completion to its first token."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+    }
+    started = time.perf_counter()
+    first = 0.0
+    async with client.stream("POST", base_url + "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            if not first and b'"text"' in chunk:
+                first = time.perf_counter() - started
+    return first or time.perf_counter() - started
+
+
+async def warm_up(base_url: str, model: str, prompts: list[str], max_tokens: int) -> list[float]:
+    """Run each warm-up prompt once; the TTFT of each, in order."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+        return [
+            await time_to_first_token(client, base_url, model, prompt, max_tokens)
+            for prompt in prompts
+        ]

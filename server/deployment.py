@@ -1,0 +1,90 @@
+"""One deployment's state in the gateway: what runs, since when, and how it has failed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cellar.config import parse_duration
+from cellar.deployments import ResolvedDeployment
+from engines.base import Engine
+from server.admission import Admission
+
+MAX_CONSECUTIVE_FAILURES = 5
+"""After this many failed loads in a row, only an explicit load (admin API) retries."""
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass
+class Deployment:
+    resolved: ResolvedDeployment
+    admission: Admission
+    estimate_bytes: int
+    keep_alive_s: float
+    state: State = State.STOPPED
+    engine: Engine | None = None
+    error: str | None = None
+    loaded_at: float | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    failures: int = 0
+    retry_at: float = 0.0
+    load_task: asyncio.Task[None] | None = None
+    health_misses: int = 0
+    crashed: bool = False
+    """Failed because a running worker died (not because it could not load)."""
+
+    @property
+    def name(self) -> str:
+        return self.resolved.spec.name
+
+    @property
+    def busy(self) -> bool:
+        return self.admission.running > 0 or self.admission.waiting > 0
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in (State.LOADING, State.WARMING, State.READY, State.UNLOADING)
+
+    def backoff_s(self) -> float:
+        """0 after the first failure (restart at once), then 1, 2, 4 ... 60 s."""
+        if self.failures <= 1:
+            return 0.0
+        return float(min(2 ** (self.failures - 2), 60))
+
+    def describe(self, engine_name: str) -> dict[str, Any]:
+        now = time.monotonic()
+        spec = self.resolved.spec
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "engine": engine_name,
+            "pid": getattr(self.engine, "pid", None) if self.holds_memory else None,
+            "memory_estimate_bytes": self.estimate_bytes,
+            "uptime_s": round(now - self.loaded_at, 1) if self.loaded_at else None,
+            "idle_s": round(now - self.last_used, 1),
+            "keep_alive_s": self.keep_alive_s,
+            "running": self.admission.running,
+            "waiting": self.admission.waiting,
+            "restarts": self.restarts,
+            "error": self.error,
+            "source": spec.source,
+            "path": str(self.resolved.path),
+            "sha256": self.resolved.manifest.sha256 if self.resolved.manifest else None,
+        }
+
+
+def keep_alive_of(resolved: ResolvedDeployment, default_s: float) -> float:
+    value = resolved.spec.keep_alive
+    return default_s if value is None else parse_duration(value)
