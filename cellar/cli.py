@@ -149,6 +149,93 @@ def verify_models(
         raise typer.Exit(1)
 
 
+@models_app.command("ps")
+def models_ps(config: ConfigOpt = None) -> None:
+    """What the running gateway has loaded: state, pid, memory, uptime, load, errors."""
+    import httpx
+
+    path = config_path(config)
+    try:
+        server = load_config(path).server
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    url = f"http://{server.host}:{server.port}/admin/models"
+    try:
+        view = httpx.get(url, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise _fail(f"no gateway answers at {url}: {exc}") from None
+    budget = view.get("memory_budget_bytes", 0) / 2**30
+    table = Table(
+        "model",
+        "state",
+        "pid",
+        "memory",
+        "uptime",
+        "running",
+        "waiting",
+        "restarts",
+        "error",
+        title=f"{url} (memory budget {budget:.2f} GiB)",
+    )
+    for m in view["models"]:
+        uptime = "" if m["uptime_s"] is None else f"{m['uptime_s']:.0f} s"
+        table.add_row(
+            m["name"],
+            m["state"],
+            str(m["pid"] or ""),
+            f"{m['memory_estimate_bytes'] / 2**30:.2f} GiB",
+            uptime,
+            str(m["running"]),
+            str(m["waiting"]),
+            str(m["restarts"]),
+            m["error"] or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def warmup(
+    model: Annotated[str, typer.Argument(help="A model name from the config")],
+    config: ConfigOpt = None,
+) -> None:
+    """Start the model's worker, then print time to first token cold (first request) and warm."""
+    import asyncio
+
+    from cellar.deployments import resolve_deployments
+    from engines.launch import ProcessLauncher
+    from engines.warmup import cold_and_warm
+
+    path = config_path(config)
+    try:
+        loaded = load_config(path)
+        deployments = {d.spec.name: d for d in resolve_deployments(loaded, store_for(loaded), path)}
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if model not in deployments:
+        raise _fail(f"no model {model!r} in {path} (models: {', '.join(deployments)})")
+    deployment = deployments[model]
+    prompts = deployment.spec.warmup.prompts or ["Hello"]
+
+    async def measure() -> tuple[float, float]:
+        engine = ProcessLauncher(loaded.server.log_level)(deployment)
+        await engine.start()
+        try:
+            await engine.wait_ready(deployment.spec.startup_timeout_s)
+            return await cold_and_warm(
+                engine.base_url, model, prompts, deployment.spec.warmup.max_tokens
+            )
+        finally:
+            await engine.stop()
+
+    with console.status(f"starting {model} and measuring..."):
+        cold, warm = asyncio.run(measure())
+    console.print(
+        f"{model}: time to first token cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms "
+        f"({cold / warm:.1f}x)",
+        highlight=False,
+    )
+
+
 @config_app.command("check")
 def check_config(config: ConfigOpt = None) -> None:
     """Validate a config file, including that every model source exists."""

@@ -7,6 +7,7 @@ same code against any engine's OpenAI API.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import httpx
@@ -31,6 +32,21 @@ async def time_to_first_token(
             if not first and b'"text"' in chunk:
                 first = time.perf_counter() - started
     return first or time.perf_counter() - started
+
+
+async def cold_and_warm(
+    base_url: str, model: str, prompts: list[str], max_tokens: int, runs: int = 3
+) -> tuple[float, float]:
+    """TTFT of the very first request on a fresh engine, and the median TTFT after warm-up."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+        cold = await time_to_first_token(client, base_url, model, prompts[0], max_tokens)
+        for prompt in prompts:
+            await time_to_first_token(client, base_url, model, prompt, max_tokens)
+        warm = [
+            await time_to_first_token(client, base_url, model, f"{i}. {prompts[0]}", max_tokens)
+            for i in range(runs)
+        ]
+    return cold, statistics.median(warm)
 
 
 async def warm_up(base_url: str, model: str, prompts: list[str], max_tokens: int) -> list[float]:

@@ -178,6 +178,7 @@ class Supervisor:
 
     def _begin_load(self, deployment: Deployment) -> None:
         if deployment.load_task is None or deployment.load_task.done():
+            self._set_state(deployment, State.LOADING)  # visible before the task first runs
             deployment.load_task = asyncio.create_task(self._load(deployment))
 
     async def _load(self, deployment: Deployment) -> None:

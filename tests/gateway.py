@@ -62,8 +62,18 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def write_config(path: Path, store: Path, port: int, models: list[dict[str, Any]]) -> Path:
-    config = {"server": {"port": port}, "store": {"path": str(store)}, "models": models}
+def write_config(
+    path: Path,
+    store: Path,
+    port: int,
+    models: list[dict[str, Any]],
+    server: dict[str, Any] | None = None,
+) -> Path:
+    config = {
+        "server": {"port": port, **(server or {})},
+        "store": {"path": str(store)},
+        "models": models,
+    }
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -78,7 +88,7 @@ def wait_settled(gw: Gateway, timeout_s: float = 180) -> None:
             states = {m["state"] for m in gw.admin_models().values()}
         except httpx.HTTPError:
             states = {"unreachable"}
-        if states <= {"ready", "failed"}:
+        if not states & {"loading", "warming", "unreachable"}:
             return
         time.sleep(0.2)
     raise TimeoutError(f"gateway did not settle:\n{gw.log_text()}")
@@ -86,11 +96,14 @@ def wait_settled(gw: Gateway, timeout_s: float = 180) -> None:
 
 @contextmanager
 def start_gateway(
-    work: Path, store: Path, models: list[dict[str, Any]] | None = None
+    work: Path,
+    store: Path,
+    models: list[dict[str, Any]] | None = None,
+    server: dict[str, Any] | None = None,
 ) -> Iterator[Gateway]:
     """A `cellar serve` process on a free loopback port; stopped (with its workers) after."""
     port = free_port()
-    config = write_config(work / "cellar.yaml", store, port, models or default_models())
+    config = write_config(work / "cellar.yaml", store, port, models or default_models(), server)
     log = work / "gateway.log"
     env = {**os.environ, "CELLAR_STORE": str(store)}
     with log.open("wb") as sink:
@@ -113,3 +126,13 @@ def start_gateway(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

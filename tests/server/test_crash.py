@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from cellar.store import ModelStore
-from tests.gateway import MODEL, Gateway, start_gateway
+from tests.gateway import MODEL, Gateway, process_alive, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,6 @@ def child_pids(parent: int) -> list[int]:
         if ppid == parent:
             children.append(int(entry.name))
     return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -79,10 +70,10 @@ def test_worker_crash_mid_stream_is_an_error_event_and_gateway_survives(
 
 def test_killed_gateway_leaves_no_worker_behind(own_gateway: Gateway) -> None:
     [worker] = child_pids(own_gateway.process.pid)
-    assert _alive(worker)
+    assert process_alive(worker)
     own_gateway.process.kill()
     own_gateway.process.wait()
     deadline = time.monotonic() + 15
-    while _alive(worker):
+    while process_alive(worker):
         assert time.monotonic() < deadline, "the worker outlived its gateway"
         time.sleep(0.1)
