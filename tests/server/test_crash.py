@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,14 @@ import openai
 import pytest
 
 from cellar.store import ModelStore
-from tests.gateway import MODEL, Gateway, process_alive, start_gateway
+from tests.gateway import (
+    MODEL,
+    Gateway,
+    default_models,
+    process_alive,
+    start_gateway,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +87,43 @@ def test_killed_gateway_leaves_no_worker_behind(own_gateway: Gateway) -> None:
     while process_alive(worker):
         assert time.monotonic() < deadline, "the worker outlived its gateway"
         time.sleep(0.1)
+
+
+def test_sigterm_lets_a_running_stream_finish_then_stops_workers(own_gateway: Gateway) -> None:
+    [worker] = child_pids(own_gateway.process.pid)
+    body = {
+        "model": MODEL,
+        "prompt": "Count:",
+        "max_tokens": 40,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with own_gateway.http() as http, http.stream("POST", "/v1/completions", json=body) as reply:
+        lines = reply.iter_lines()
+        first = next(lines)
+        own_gateway.process.terminate()  # SIGTERM while the stream is running
+        rest = list(lines)
+    events = [line for line in [first, *rest] if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"error"' in event for event in events)
+    # uvicorn re-raises the SIGTERM it caught once shutdown is complete.
+    assert own_gateway.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in own_gateway.log_text()
+    deadline = time.monotonic() + 15
+    while process_alive(worker):
+        assert time.monotonic() < deadline, "the worker outlived a graceful shutdown"
+        time.sleep(0.1)
+
+
+def test_warmup_command_prints_cold_and_warm_ttft(store: ModelStore, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", store.root, 0, default_models())
+    result = subprocess.run(
+        [sys.executable, "-m", "cellar", "warmup", MODEL, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"cold (\d+) ms, warm (\d+) ms", result.stdout)
+    assert match, result.stdout
+    assert int(match.group(1)) > 0 and int(match.group(2)) > 0
