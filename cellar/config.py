@@ -124,14 +124,23 @@ class LlamaCppSettings(_Strict):
         return value
 
 
+DEFAULT_WARMUP_PROMPTS = (
+    "Hello",
+    "The weather today is",
+    "Write a short note to the team about the meeting tomorrow morning, the agenda, and who "
+    "should bring the quarterly figures.",
+)
+
+
 class WarmupSettings(_Strict):
     """Requests run before a model counts as ready, so the first real one is not the slow one."""
 
     enabled: bool = Field(True, description="Run warm-up prompts after loading.")
     prompts: list[str] = Field(
-        default_factory=lambda: ["Hello"], description="Raw completion prompts to run."
+        default_factory=lambda: list(DEFAULT_WARMUP_PROMPTS),
+        description="Raw completion prompts to run (prompts of several lengths warm more paths).",
     )
-    max_tokens: int = Field(4, ge=1, description="Tokens generated per warm-up prompt.")
+    max_tokens: int = Field(16, ge=1, description="Tokens generated per warm-up prompt.")
 
 
 class ModelDeployment(_Strict):

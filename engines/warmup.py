@@ -49,10 +49,11 @@ async def cold_and_warm(
     return cold, statistics.median(warm)
 
 
-async def warm_up(base_url: str, model: str, prompts: list[str], max_tokens: int) -> list[float]:
-    """Run each warm-up prompt once; the TTFT of each, in order."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
-        return [
-            await time_to_first_token(client, base_url, model, prompt, max_tokens)
-            for prompt in prompts
-        ]
+async def warm_up(
+    client: httpx.AsyncClient, base_url: str, model: str, prompts: list[str], max_tokens: int
+) -> list[float]:
+    """Run each warm-up prompt once; the TTFT of each, in order. Pass the client that will
+    carry real traffic, so its connection to the engine is warm too."""
+    return [
+        await time_to_first_token(client, base_url, model, prompt, max_tokens) for prompt in prompts
+    ]

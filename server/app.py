@@ -35,7 +35,9 @@ def create_app(
         pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         async with httpx.AsyncClient(timeout=timeout, limits=pool) as client:
             metrics = Metrics()
-            supervisor = Supervisor(deployments, store, launcher, estimator, limits, metrics)
+            supervisor = Supervisor(
+                deployments, store, launcher, estimator, limits, metrics, client
+            )
             app.state.http = client
             app.state.started_at = time.time()
             app.state.completions = CompletionService(supervisor, Proxy(client, metrics), metrics)

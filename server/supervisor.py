@@ -77,7 +77,9 @@ class Supervisor:
         estimator: Estimator,
         limits: Limits,
         metrics: Metrics,
+        http: httpx.AsyncClient,
     ) -> None:
+        self._http = http
         self._store = store
         self._launcher = launcher
         self._limits = limits
@@ -199,7 +201,11 @@ class Supervisor:
             if spec.warmup.enabled and spec.warmup.prompts:
                 self._set_state(deployment, State.WARMING)
                 ttfts = await warm_up(
-                    engine.base_url, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
+                    self._http,
+                    engine.base_url,
+                    spec.name,
+                    spec.warmup.prompts,
+                    spec.warmup.max_tokens,
                 )
                 log.info(
                     "model %r warmed up: TTFT %s s", spec.name, ", ".join(f"{t:.3f}" for t in ttfts)
