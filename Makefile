@@ -30,7 +30,7 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup serve test lint typecheck pytest schema bench clean
+.PHONY: setup serve test lint typecheck pytest schema bench bench-warmup clean
 
 setup: $(IMPORTED)
 
@@ -78,6 +78,9 @@ test: setup lint typecheck pytest
 
 bench: setup
 	$(PY) -m benchmarks.batching
+
+bench-warmup: setup
+	$(PY) -m benchmarks.warmup
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json

@@ -82,7 +82,7 @@ def test_a_model_larger_than_the_budget_is_a_clear_503(lifecycle: Gateway) -> No
     assert "memory budget" in error["message"] and "1.50 GiB" in error["message"]
 
 
-def test_idle_model_is_unloaded_after_keepprocess_alive(lifecycle: Gateway) -> None:
+def test_idle_model_is_unloaded_after_keep_alive(lifecycle: Gateway) -> None:
     _ask(lifecycle, "idle")
     pid = lifecycle.admin_models()["idle"]["pid"]
     assert pid and process_alive(pid)
