@@ -127,3 +127,23 @@ def test_warmup_command_prints_cold_and_warm_ttft(store: ModelStore, tmp_path: P
     match = re.search(r"cold (\d+) ms, warm (\d+) ms", result.stdout)
     assert match, result.stdout
     assert int(match.group(1)) > 0 and int(match.group(2)) > 0
+
+
+def test_a_hung_worker_is_restarted_after_failed_health_checks(own_gateway: Gateway) -> None:
+    [worker] = child_pids(own_gateway.process.pid)
+    os.kill(worker, signal.SIGSTOP)  # alive, but answers nothing
+    try:
+        deadline = time.monotonic() + 60
+        while own_gateway.admin_models()[MODEL]["restarts"] < 1:
+            assert time.monotonic() < deadline, "the hung worker was never replaced"
+            time.sleep(0.5)
+    finally:
+        if process_alive(worker):
+            os.kill(worker, signal.SIGCONT)
+    reply = own_gateway.client().completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    assert reply.choices[0].text is not None
+    assert "stopped answering its health checks" in own_gateway.log_text()
+    deadline = time.monotonic() + 30
+    while process_alive(worker):
+        assert time.monotonic() < deadline, "the hung worker was left behind"
+        time.sleep(0.2)
