@@ -39,6 +39,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def pid(self) -> int | None:
+        """The worker's process id; None before start or for an engine on another host."""
+        ...
+
+    @property
     def base_url(self) -> str:
         """Root of its OpenAI-compatible API, e.g. http://127.0.0.1:41234 (valid once started)."""
         ...

@@ -13,11 +13,12 @@ from cellar import __version__
 from cellar.deployments import ResolvedDeployment
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
+from server.deployment import Limits
 from server.metrics import Metrics
 from server.proxy import Proxy
 from server.routes import openai, ops
 from server.service import CompletionService
-from server.supervisor import Estimator, Launcher, Limits, Supervisor
+from server.supervisor import Estimator, Launcher, Supervisor
 
 
 def create_app(

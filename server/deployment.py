@@ -70,7 +70,7 @@ class Deployment:
             "name": self.name,
             "state": self.state.value,
             "engine": engine_name,
-            "pid": getattr(self.engine, "pid", None) if self.holds_memory else None,
+            "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
             "memory_estimate_bytes": self.estimate_bytes,
             "uptime_s": round(now - self.loaded_at, 1) if self.loaded_at else None,
             "idle_s": round(now - self.last_used, 1),
@@ -88,3 +88,22 @@ class Deployment:
 def keep_alive_of(resolved: ResolvedDeployment, default_s: float) -> float:
     value = resolved.spec.keep_alive
     return default_s if value is None else parse_duration(value)
+
+
+@dataclass
+class Lease:
+    """A request's turn on a ready engine; release it when the answer is complete."""
+
+    deployment: Deployment
+    engine: Engine
+
+    def release(self) -> None:
+        self.deployment.last_used = time.monotonic()
+        self.deployment.admission.leave()
+
+
+@dataclass(frozen=True)
+class Limits:
+    budget_bytes: int
+    keep_alive_s: float
+    load_timeout_s: float

@@ -13,7 +13,7 @@ from cellar.deployments import resolve_deployments
 from cellar.store import store_for
 from engines.launch import ProcessLauncher, memory_estimate
 from server.app import create_app
-from server.supervisor import Limits
+from server.deployment import Limits
 
 log = logging.getLogger("cellar.server")
 

@@ -8,7 +8,6 @@ token counts from the usage event, and drops that event when the client did not 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from cellar.errors import CellarError, EngineFailed, EngineUnavailable
 from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
 from engines.base import Engine
 from server.metrics import Metrics
-
-log = logging.getLogger("cellar.proxy")
 
 _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import httpx
 
@@ -28,7 +27,14 @@ from engines.base import Engine, EngineState
 from engines.launch import engine_name
 from engines.warmup import warm_up
 from server.admission import Admission
-from server.deployment import MAX_CONSECUTIVE_FAILURES, Deployment, State, keep_alive_of
+from server.deployment import (
+    MAX_CONSECUTIVE_FAILURES,
+    Deployment,
+    Lease,
+    Limits,
+    State,
+    keep_alive_of,
+)
 from server.metrics import Metrics
 
 log = logging.getLogger("cellar.supervisor")
@@ -47,25 +53,6 @@ STABLE_AFTER_S = 60.0
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
-
-
-@dataclass
-class Lease:
-    """A request's turn on a ready engine; release it when the answer is complete."""
-
-    deployment: Deployment
-    engine: Engine
-
-    def release(self) -> None:
-        self.deployment.last_used = time.monotonic()
-        self.deployment.admission.leave()
-
-
-@dataclass(frozen=True)
-class Limits:
-    budget_bytes: int
-    keep_alive_s: float
-    load_timeout_s: float
 
 
 class Supervisor:
