@@ -165,25 +165,18 @@ def models_ps(config: ConfigOpt = None) -> None:
     except (httpx.HTTPError, ValueError) as exc:
         raise _fail(f"no gateway answers at {url}: {exc}") from None
     budget = view.get("memory_budget_bytes", 0) / 2**30
-    table = Table(
-        "model",
-        "state",
-        "pid",
-        "memory",
-        "uptime",
-        "running",
-        "waiting",
-        "restarts",
-        "error",
-        title=f"{url} (memory budget {budget:.2f} GiB)",
-    )
+    table = Table(title=f"{url} (memory budget {budget:.2f} GiB)")
+    table.add_column("model", no_wrap=True)
+    for header in ("state", "pid", "GiB", "up", "run", "wait", "restarts"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("error")
     for m in view["models"]:
-        uptime = "" if m["uptime_s"] is None else f"{m['uptime_s']:.0f} s"
+        uptime = "" if m["uptime_s"] is None else f"{m['uptime_s']:.0f}s"
         table.add_row(
             m["name"],
             m["state"],
             str(m["pid"] or ""),
-            f"{m['memory_estimate_bytes'] / 2**30:.2f} GiB",
+            f"{m['memory_estimate_bytes'] / 2**30:.2f}",
             uptime,
             str(m["running"]),
             str(m["waiting"]),
