@@ -171,8 +171,8 @@ class Supervisor:
             deployment.load_task = asyncio.create_task(self._load(deployment))
 
     async def _load(self, deployment: Deployment) -> None:
+        """Run only through `_begin_load`, which has set the state to loading."""
         started = time.monotonic()
-        self._set_state(deployment, State.LOADING)
         deployment.error = None
         spec = deployment.resolved.spec
         try:

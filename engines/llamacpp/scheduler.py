@@ -117,13 +117,12 @@ class BatchScheduler:
 
     def _run(self) -> None:
         while self._pull(block=not self._active):
-            self._drop_cancelled()
-            self._admit()
-            if not self._active:
-                continue
             try:
-                self._step()
-            except NativeError as exc:
+                self._drop_cancelled()
+                self._admit()
+                if self._active:
+                    self._step()
+            except Exception as exc:  # the decode thread must outlive any one failure
                 log.exception("decode step failed")
                 self._fail_all(str(exc))
         for active in list(self._active):
@@ -160,14 +159,18 @@ class BatchScheduler:
                 return
             job = self._waiting.popleft()
             reuse = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
-            self._ctx.forget(slot.seq, reuse)
+            try:
+                self._ctx.forget(slot.seq, reuse)
+            except NativeError:  # this cache cannot cut a sequence there: compute it all
+                reuse = 0
+                self._ctx.forget(slot.seq)
             del slot.cached[reuse:]
             job.cached_tokens = reuse
             self.counters.prompt_tokens_cached += reuse
             try:
                 sampler = SequenceSampler(job.params, self._model)
-            except NativeError as exc:
-                job.emit(GenerationError(str(exc)))
+            except Exception as exc:
+                job.emit(GenerationError(f"could not set up sampling: {exc}"))
                 continue
             slot.busy = True
             text = TextStream(job.params.stop)
