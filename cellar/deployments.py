@@ -1,59 +1,145 @@
-"""From a validated config to runnable deployments: model files and chat templates resolved."""
+"""From a validated config to runnable deployments: artifacts found, engine chosen, templates
+loaded.
+
+A deployment's source names one artifact (a GGUF file or a Hugging Face checkpoint). A model in
+the store may have a sibling in the other format, made from it or it from them (its lineage):
+the GGUF for llama.cpp, the checkpoint for vLLM. The engine chooser picks the engine and the
+artifact it serves; it lives with the engines (see engines/choice.py) and is passed in.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cellar.chat import load_template_spec
 from cellar.config import CellarConfig, ModelDeployment
 from cellar.errors import ConfigError, StoreError
-from cellar.store import Manifest, ModelStore
+from cellar.store import HF_CONFIG, Format, Manifest, ModelStore, sniff_format
 
 STORE_PREFIX = "store:"
+
+EngineKind = Literal["llamacpp", "vllm"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    format: Format
+    manifest: Manifest | None
+    """Present when it comes from the store (its sha256 is checked at load)."""
+
+    @property
+    def label(self) -> str:
+        return f"store:{self.manifest.name}" if self.manifest else str(self.path)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The forms of one model that exist: the configured source and its siblings."""
+
+    source: Artifact
+    gguf: Artifact | None
+    hf: Artifact | None
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    engine: EngineKind
+    artifact: Artifact
+    reason: str
+
+
+Chooser = Callable[[ModelDeployment, Artifacts], EngineChoice]
+"""Picks the engine; raises ValueError saying why no engine can serve the model here."""
 
 
 @dataclass(frozen=True)
 class ResolvedDeployment:
-    """A deployment with its model file found and its chat template text loaded."""
+    """A deployment with its engine chosen, its artifact found and its chat template loaded."""
 
     spec: ModelDeployment
-    path: Path
-    manifest: Manifest | None
-    """Present when the model comes from the store (its sha256 is checked at load)."""
+    engine: EngineKind
+    engine_reason: str
+    artifact: Artifact
     chat_template: str | None
 
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
 
-def resolve_path(source: str, store: ModelStore, base_dir: Path) -> tuple[Path, Manifest | None]:
-    """The file behind a `source`; StoreError says why there is none."""
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.artifact.manifest
+
+
+def _store_artifact(store: ModelStore, manifest: Manifest) -> Artifact:
+    return Artifact(store.file_of(manifest), manifest.format, manifest)
+
+
+def _siblings(store: ModelStore, manifest: Manifest) -> list[Manifest]:
+    """The model's parent and its children in the store (by lineage)."""
+    related = store.children(manifest.sha256)
+    if manifest.lineage is not None:
+        parent = store.find_sha(manifest.lineage.parent_sha256)
+        if parent is not None:
+            related.append(parent)
+    return related
+
+
+def find_artifacts(source: str, store: ModelStore, base_dir: Path) -> Artifacts:
+    """The artifacts behind a `source`; StoreError says why there is none."""
     if source.startswith(STORE_PREFIX):
         manifest = store.get(source.removeprefix(STORE_PREFIX))
-        return store.file_of(manifest), manifest
+        main = _store_artifact(store, manifest)
+        forms: dict[str, Artifact] = {}
+        for sibling in _siblings(store, manifest):
+            forms.setdefault(sibling.format, _store_artifact(store, sibling))
+        forms[main.format] = main
+        return Artifacts(main, forms.get("gguf"), forms.get("hf"))
     path = Path(source).expanduser()
     if not path.is_absolute():
         path = base_dir / path
-    if not path.is_file():
+    if path.is_dir():
+        if not (path / HF_CONFIG).is_file():
+            raise StoreError(f"{path} is a directory but not a Hugging Face checkpoint")
+        fmt = sniff_format(path)
+    elif path.is_file():
+        fmt = "gguf"
+    else:
         raise StoreError(f"no such file: {path}")
-    return path, None
+    main = Artifact(path, fmt, None)
+    return Artifacts(main, main if fmt == "gguf" else None, main if fmt == "hf" else None)
+
+
+def resolve_one(
+    spec: ModelDeployment, key: str, store: ModelStore, base_dir: Path, chooser: Chooser
+) -> ResolvedDeployment:
+    try:
+        artifacts = find_artifacts(spec.source, store, base_dir)
+    except StoreError as exc:
+        raise ConfigError(f"{key}.source: {exc}") from None
+    try:
+        choice = chooser(spec, artifacts)
+    except ValueError as exc:
+        raise ConfigError(f"{key}.engine: {exc}") from None
+    template = None
+    if spec.chat_template is not None:
+        try:
+            template = load_template_spec(spec.chat_template, base_dir)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.chat_template: {exc}") from None
+    return ResolvedDeployment(spec, choice.engine, choice.reason, choice.artifact, template)
 
 
 def resolve_deployments(
-    config: CellarConfig, store: ModelStore, config_file: Path
+    config: CellarConfig, store: ModelStore, config_file: Path, chooser: Chooser
 ) -> list[ResolvedDeployment]:
     """Resolve every deployment, or raise ConfigError naming the file and the key."""
     base_dir = config_file.parent
-    resolved = []
-    for index, spec in enumerate(config.models):
-        key = f"{config_file}: models[{index}]"
-        try:
-            path, manifest = resolve_path(spec.source, store, base_dir)
-        except StoreError as exc:
-            raise ConfigError(f"{key}.source: {exc}") from None
-        template = None
-        if spec.chat_template is not None:
-            try:
-                template = load_template_spec(spec.chat_template, base_dir)
-            except ValueError as exc:
-                raise ConfigError(f"{key}.chat_template: {exc}") from None
-        resolved.append(ResolvedDeployment(spec, path, manifest, template))
-    return resolved
+    return [
+        resolve_one(spec, f"{config_file}: models[{index}]", store, base_dir, chooser)
+        for index, spec in enumerate(config.models)
+    ]

@@ -1,16 +1,37 @@
-"""Picks and builds the engine for a deployment."""
+"""Builds the engine for a deployment, for the engine its resolution chose."""
 
 from __future__ import annotations
 
 from cellar.deployments import ResolvedDeployment
 from engines.base import Engine
 from engines.llamacpp.launcher import launch_llamacpp, worker_spec
-from engines.llamacpp.memory import estimate_bytes
+from engines.llamacpp.memory import estimate_bytes as llamacpp_bytes
+from engines.vllm.launcher import launch_vllm
+from engines.vllm.memory import checkpoint_context
+from engines.vllm.memory import estimate_bytes as vllm_bytes
+from engines.vllm.runtime import find_runtime
+
+VLLM_DEFAULT_CONCURRENCY = 256
+"""vLLM's own default for max_num_seqs."""
 
 
 def engine_name(deployment: ResolvedDeployment) -> str:
-    """The engine `auto` resolves to. Only llama.cpp exists yet, so every model gets it."""
-    return "llamacpp" if deployment.spec.engine == "auto" else deployment.spec.engine
+    return deployment.engine
+
+
+def default_concurrency(deployment: ResolvedDeployment) -> int:
+    """Requests the engine serves at once (beyond them, the gateway queues)."""
+    spec = deployment.spec
+    if deployment.engine == "vllm":
+        return spec.vllm.max_num_seqs or VLLM_DEFAULT_CONCURRENCY
+    return spec.llamacpp.n_parallel
+
+
+def context_window(deployment: ResolvedDeployment) -> int | None:
+    """Tokens of prompt + completion one request may use; None when unknown."""
+    if deployment.engine == "vllm":
+        return deployment.spec.vllm.max_model_len or checkpoint_context(deployment.path)
+    return deployment.spec.llamacpp.n_ctx
 
 
 class ProcessLauncher:
@@ -20,6 +41,8 @@ class ProcessLauncher:
         self.log_level = log_level
 
     def __call__(self, deployment: ResolvedDeployment) -> Engine:
+        if deployment.engine == "vllm":
+            return launch_vllm(deployment, self.log_level)
         spec = worker_spec(
             deployment.spec, deployment.path, deployment.chat_template, self.log_level
         )
@@ -28,4 +51,8 @@ class ProcessLauncher:
 
 def memory_estimate(deployment: ResolvedDeployment) -> int:
     """Estimated RAM of the deployment's worker, in bytes."""
-    return estimate_bytes(deployment.path, deployment.spec.llamacpp)
+    if deployment.engine == "vllm":
+        runtime = find_runtime(deployment.spec.vllm)
+        on_cpu = isinstance(runtime, str) or runtime.cpu_build
+        return vllm_bytes(deployment.path, deployment.spec.vllm, on_cpu)
+    return llamacpp_bytes(deployment.path, deployment.spec.llamacpp)

@@ -32,6 +32,8 @@ class Deployment:
     admission: Admission
     estimate_bytes: int
     keep_alive_s: float
+    context_window: int | None = None
+    """Prompt + completion tokens one request may use, when known before tokenizing."""
     state: State = State.STOPPED
     engine: Engine | None = None
     error: str | None = None

@@ -9,8 +9,8 @@ from pathlib import Path
 import uvicorn
 
 from cellar.config import CellarConfig, load_config
-from cellar.deployments import resolve_deployments
 from cellar.store import store_for
+from engines.choice import resolve_here
 from engines.launch import ProcessLauncher, memory_estimate
 from server.app import create_app
 from server.deployment import Limits
@@ -37,11 +37,15 @@ def serve(config_file: Path) -> None:
     """Validate the config (raises ConfigError naming file and key), then serve until stopped."""
     config = load_config(config_file)
     store = store_for(config)
-    deployments = resolve_deployments(config, store, config_file)
     level = config.server.log_level
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    deployments = resolve_here(config, store, config_file)
+    for deployment in deployments:
+        log.info(
+            "model %r: %s (%s)", deployment.spec.name, deployment.engine, deployment.engine_reason
+        )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied call is noise
     limits = limits_of(config)
     app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits)

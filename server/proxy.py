@@ -21,6 +21,7 @@ from cellar.errors import CellarError, EngineFailed, EngineUnavailable
 from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
 from engines.base import Engine
 from server.metrics import Metrics
+from server.upstream import normalize_error
 
 _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()
@@ -63,6 +64,10 @@ class Call:
     on_done: Callable[[], None]
     """Called exactly once when the answer is complete or abandoned (releases the turn)."""
 
+    @property
+    def prompt_param(self) -> str:
+        return "messages" if self.path.endswith("/chat/completions") else "prompt"
+
 
 class WorkerUnreachable(EngineUnavailable):
     """The worker refused the connection: the request never reached it, so a retry is safe."""
@@ -103,10 +108,17 @@ class Proxy:
             raise
         except httpx.HTTPError as exc:
             raise _failure(call, exc) from None
-        if upstream.status_code == 200:
-            self._metrics.record_usage(call.model, upstream.json().get("usage"))
-        self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
-        return Response(upstream.content, upstream.status_code, media_type="application/json")
+        if upstream.status_code != 200:
+            return self._error(call, upstream.status_code, upstream.content)
+        self._metrics.record_usage(call.model, upstream.json().get("usage"))
+        self._metrics.record(call.model, 200, time.monotonic() - call.started)
+        return Response(upstream.content, 200, media_type="application/json")
+
+    def _error(self, call: Call, status: int, body: bytes) -> Response:
+        """A worker's refusal, in Cellar's error shape whichever engine sent it."""
+        status, body = normalize_error(status, body, call.model, call.prompt_param)
+        self._metrics.record(call.model, status, time.monotonic() - call.started)
+        return Response(body, status, media_type="application/json")
 
     async def _stream(self, call: Call) -> Response:
         call.payload["stream_options"] = {"include_usage": True}
@@ -120,9 +132,8 @@ class Proxy:
         if upstream.status_code != 200:
             body = await upstream.aread()
             await upstream.aclose()
-            self._metrics.record(call.model, upstream.status_code, time.monotonic() - call.started)
             call.on_done()
-            return Response(body, upstream.status_code, media_type="application/json")
+            return self._error(call, upstream.status_code, body)
         outcome = {"status": STATUS_CLIENT_GONE}
 
         async def close() -> None:

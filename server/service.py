@@ -7,7 +7,7 @@ import time
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import CellarError
+from cellar.errors import CellarError, ContextLengthExceeded
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import unless_disconnected
 from server.metrics import Metrics
@@ -16,6 +16,24 @@ from server.supervisor import Supervisor
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+
+
+def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | None) -> None:
+    """Refuse a completion that cannot fit the context whatever the prompt (every prompt has at
+    least one token). The worker checks the exact sum once it has tokenized the prompt; vLLM
+    would instead shorten the completion silently."""
+    limit = body.token_limit()
+    if window is None or limit is None or limit < window:
+        return
+    param = (
+        "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    )
+    raise ContextLengthExceeded(
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{limit} tokens for the completion alone, which leaves no room for the prompt. "
+        f"Please reduce {param}.",
+        param=param,
+    )
 
 
 class CompletionService:
@@ -28,9 +46,10 @@ class CompletionService:
         self, request: Request, path: str, body: ChatCompletionRequest | CompletionRequest
     ) -> Response:
         started = time.monotonic()
-        self.supervisor.get(body.model)  # unknown models: 404 before anything else
+        deployment = self.supervisor.get(body.model)  # unknown models: 404 before anything else
         try:
             body.check_supported()
+            check_room(body, deployment.context_window)
             try:
                 return await self._attempt(request, path, body, started)
             except WorkerUnreachable:

@@ -24,7 +24,7 @@ from cellar.deployments import ResolvedDeployment
 from cellar.errors import EngineUnavailable, IntegrityError, ModelNotFound
 from cellar.store import ModelStore
 from engines.base import Engine, EngineState
-from engines.launch import engine_name
+from engines.launch import context_window, default_concurrency, engine_name
 from engines.warmup import warm_up
 from server.admission import Admission
 from server.deployment import (
@@ -74,12 +74,13 @@ class Supervisor:
         self._deployments: dict[str, Deployment] = {}
         for resolved in deployments:
             spec = resolved.spec
-            concurrency = spec.max_concurrency or spec.llamacpp.n_parallel
+            concurrency = spec.max_concurrency or default_concurrency(resolved)
             self._deployments[spec.name] = Deployment(
                 resolved=resolved,
                 admission=Admission(spec.name, concurrency, spec.max_queue),
                 estimate_bytes=spec.memory_estimate or estimator(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
+                context_window=context_window(resolved),
             )
         self._budget_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None

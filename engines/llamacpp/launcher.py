@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cellar.config import ModelDeployment
+from cellar.hardware import is_apple_silicon
 from engines.llamacpp.spec import WorkerSpec
 from engines.process import WorkerProcess, free_port
 
@@ -15,6 +16,9 @@ def worker_spec(
     deployment: ModelDeployment, model_path: Path, chat_template: str | None, log_level: str
 ) -> WorkerSpec:
     settings = deployment.llamacpp
+    n_gpu_layers = settings.n_gpu_layers
+    if is_apple_silicon() and "n_gpu_layers" not in settings.model_fields_set:
+        n_gpu_layers = -1  # Metal: the whole model on the GPU unless the config says otherwise
     return WorkerSpec(
         name=deployment.name,
         model_path=model_path,
@@ -22,7 +26,7 @@ def worker_spec(
         n_parallel=settings.n_parallel,
         n_threads=None if settings.n_threads == "auto" else settings.n_threads,
         n_batch=settings.n_batch,
-        n_gpu_layers=settings.n_gpu_layers,
+        n_gpu_layers=n_gpu_layers,
         chat_template=chat_template,
         log_level=log_level,
     )

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 
 from cellar.config import CellarConfig, config_json_schema, load_config
-from cellar.deployments import resolve_deployments
 from cellar.errors import ConfigError
+from cellar.hardware import Hardware
 from cellar.store import ModelStore
+from engines.choice import resolve_here
 
 REPO = Path(__file__).resolve().parents[2]
+CPU_ONLY = Hardware(gpus=(), apple_silicon=False, probe="none")
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -68,18 +70,18 @@ def test_missing_store_model_and_bad_template_name_the_key(tmp_path: Path) -> No
     store = ModelStore(tmp_path / "store")
     path = _write(tmp_path, "models:\n  - {name: a, source: 'store:nope'}\n")
     with pytest.raises(ConfigError) as caught:
-        resolve_deployments(load_config(path, env={}), store, path)
+        resolve_here(load_config(path, env={}), store, path, CPU_ONLY)
     assert "models[0].source" in str(caught.value) and "'nope'" in str(caught.value)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     path = _write(tmp_path, "models:\n  - {name: a, source: m.gguf, chat_template: nosuch}\n")
     with pytest.raises(ConfigError, match=r"models\[0\]\.chat_template"):
-        resolve_deployments(load_config(path, env={}), store, path)
+        resolve_here(load_config(path, env={}), store, path, CPU_ONLY)
 
 
 def test_relative_sources_resolve_against_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     path = _write(tmp_path, "models:\n  - {name: a, source: m.gguf, chat_template: chatml}\n")
-    [resolved] = resolve_deployments(load_config(path, env={}), ModelStore(tmp_path), path)
+    [resolved] = resolve_here(load_config(path, env={}), ModelStore(tmp_path), path, CPU_ONLY)
     assert resolved.path == tmp_path / "m.gguf"
     assert resolved.chat_template is not None and "<|im_start|>" in resolved.chat_template
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from cellar.errors import IntegrityError, StoreError
-from cellar.store import ModelStore, sha256_file
-from tests.files import fake_gguf
+from cellar.store import Lineage, ModelStore, sha256_file, sha256_tree, tree_size
+from tests.files import fake_checkpoint, fake_gguf
 
 
 def test_import_records_manifest_and_is_idempotent(tmp_path: Path) -> None:
@@ -65,3 +65,59 @@ def test_verify_catches_changed_and_missing_files(tmp_path: Path) -> None:
 def test_unknown_model_names_the_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=str(tmp_path)):
         ModelStore(tmp_path).get("nothing")
+
+
+def test_checkpoint_directory_is_stored_with_a_tree_hash(tmp_path: Path) -> None:
+    src = fake_checkpoint(tmp_path / "ckpt")
+    store = ModelStore(tmp_path / "store")
+    seen: list[tuple[int, int]] = []
+    result = store.import_file(src, "c", progress=lambda d, t: seen.append((d, t)))
+    manifest = result.manifest
+    assert (manifest.format, manifest.size) == ("hf", tree_size(src))
+    assert manifest.sha256 == sha256_tree(src)
+    assert seen[-1] == (manifest.size, manifest.size)
+    assert (store.file_of(manifest) / "config.json").is_file()
+    assert not store.import_file(src, "c").created
+    store.verify("c")
+    (store.file_of(manifest) / "model.safetensors").write_bytes(b"\x01" * 32)  # same size
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.verify("c")
+
+
+def test_a_directory_that_is_no_checkpoint_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match=r"config\.json"):
+        ModelStore(tmp_path / "store").import_file(tmp_path / "empty", "x")
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+
+    def build(out: Path) -> None:
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.add("half", "hf", build, fmt="hf", source="test")
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_children_follow_lineage(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    parent = store.import_file(fake_gguf(tmp_path / "p.gguf"), "p").manifest
+    lineage = Lineage(parent="p", parent_sha256=parent.sha256, method="gguf-to-hf")
+
+    def build(out: Path) -> None:
+        (out / "config.json").write_text("{}")
+
+    child = store.add(
+        "p-hf",
+        "hf",
+        build,
+        fmt="hf",
+        source="test",
+        lineage=lineage,
+    )
+    assert store.children(parent.sha256) == [child]
+    assert store.find_sha(parent.sha256) == parent
+    assert store.get("p-hf").lineage == lineage

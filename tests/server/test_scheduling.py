@@ -28,6 +28,12 @@ def two_slots(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> It
         yield gw
 
 
+@pytest.fixture(scope="module")
+def gateway(llama_gateway: Gateway) -> Gateway:
+    """Slots and prefix reuse are the llama.cpp worker's own scheduler: llama.cpp only here."""
+    return llama_gateway
+
+
 def _load(gateway: Gateway) -> dict[str, float]:
     with gateway.http() as http:
         text = http.get("/metrics").text

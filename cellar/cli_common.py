@@ -1,0 +1,56 @@
+"""What the `cellar` subcommands share: consoles, common options, errors, progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from cellar.config import DEFAULT_CONFIG, config_path, load_config
+from cellar.errors import ConfigError
+from cellar.store import ModelStore, default_store_root, store_for
+from cellar.store import Progress as ProgressCallback
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help=f"Config file (default: $CELLAR_CONFIG or {DEFAULT_CONFIG})"
+    ),
+]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Store directory (default: from the config)")
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def open_store(store: Path | None, config: Path | None) -> ModelStore:
+    if store is not None:
+        return ModelStore(store)
+    path = config_path(config)
+    if config is None and not path.is_file():
+        return ModelStore(default_store_root())
+    try:
+        return store_for(load_config(path))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[ProgressCallback]:
+    """A byte progress bar on stderr, driven by the store's (done, total) callback."""
+    columns = (TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(label, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)

@@ -1,0 +1,194 @@
+"""`cellar models`: the local model store, conversions, and which engine serves a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cellar.cli_common import ConfigOpt, StoreOpt, console, fail, open_store, progress_bar
+from cellar.config import config_path, load_config
+from cellar.errors import ConfigError, StoreError
+
+models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
+
+
+@models_app.command("import")
+def import_model(
+    path: Annotated[
+        Path, typer.Argument(help="A .gguf file or a Hugging Face checkpoint directory")
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name in the store")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy a model into the store, recording its size and sha256."""
+    target = open_store(store, config)
+    try:
+        with progress_bar(f"importing {name}") as progress:
+            result = target.import_file(path, name, progress)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    verb = "imported" if result.created else "already in the store:"
+    sha = result.manifest.sha256
+    console.print(f"{verb} [bold]{name}[/] sha256 {sha}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
+    """List the models in the store."""
+    target = open_store(store, config)
+    table = Table("name", "format", "size", "sha256", "created", title=f"store: {target.root}")
+    for manifest in target.list():
+        table.add_row(
+            manifest.name,
+            manifest.format,
+            f"{manifest.size / 1e6:.1f} MB",
+            manifest.sha256[:16] + "…",
+            manifest.created.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def show_model(name: str, store: StoreOpt = None, config: ConfigOpt = None) -> None:
+    """Print a model's manifest as JSON."""
+    try:
+        manifest = open_store(store, config).get(name)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    console.print_json(manifest.model_dump_json())
+
+
+@models_app.command("verify")
+def verify_models(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to check (default: all)")
+    ] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Re-hash stored models and compare with their manifests; exit 1 if any changed."""
+    target = open_store(store, config)
+    try:
+        todo = names or [m.name for m in target.list()]
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    bad = 0
+    for name in todo:
+        try:
+            with progress_bar(f"verifying {name}") as progress:
+                target.verify(name, progress)
+            console.print(f"[green]ok[/]   {name}", highlight=False)
+        except StoreError as exc:
+            bad += 1
+            console.print(f"[red]FAIL[/] {exc}", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@models_app.command("ps")
+def models_ps(config: ConfigOpt = None) -> None:
+    """What the running gateway has loaded: state, pid, memory, uptime, load, errors."""
+    import httpx
+
+    path = config_path(config)
+    try:
+        server = load_config(path).server
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    url = f"http://{server.host}:{server.port}/admin/models"
+    try:
+        view = httpx.get(url, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise fail(f"no gateway answers at {url}: {exc}") from None
+    budget = view.get("memory_budget_bytes", 0) / 2**30
+    table = Table(title=f"{url} (memory budget {budget:.2f} GiB)")
+    table.add_column("model", no_wrap=True)
+    for header in ("state", "pid", "GiB", "up", "run", "wait", "restarts"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("error")
+    for m in view["models"]:
+        uptime = "" if m["uptime_s"] is None else f"{m['uptime_s']:.0f}s"
+        table.add_row(
+            m["name"],
+            m["state"],
+            str(m["pid"] or ""),
+            f"{m['memory_estimate_bytes'] / 2**30:.2f}",
+            uptime,
+            str(m["running"]),
+            str(m["waiting"]),
+            str(m["restarts"]),
+            m["error"] or "",
+        )
+    console.print(table)
+
+
+@models_app.command("convert")
+def convert_model(
+    name: Annotated[str, typer.Argument(help="A GGUF model in the store")],
+    to: Annotated[str, typer.Option("--to", help="Target format: hf")],
+    new_name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name of the result (default: NAME-hf)")
+    ] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Convert a stored GGUF into a Hugging Face checkpoint (for vLLM), kept with its lineage."""
+    from cellar.convert import convert_to_hf
+
+    if to != "hf":
+        raise fail(f"unknown target format {to!r}: `cellar models convert` writes `hf`")
+    target = open_store(store, config)
+    result = new_name or f"{name}-hf"
+    try:
+        with console.status(f"converting {name}") as status:
+            manifest = convert_to_hf(
+                target, name, result, lambda step: status.update(f"{name}: {step}")
+            )
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"[bold]{manifest.name}[/]: Hugging Face checkpoint of {name}, "
+        f"{manifest.size / 1e6:.0f} MB, sha256 {manifest.sha256}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@models_app.command("explain")
+def explain_model(
+    name: Annotated[str, typer.Argument(help="A model in the config, or in the store")],
+    config: ConfigOpt = None,
+) -> None:
+    """Which engine would serve a model on this machine, and why."""
+    from cellar.config import ModelDeployment
+    from cellar.deployments import resolve_one
+    from cellar.hardware import detect
+    from cellar.store import store_for
+    from engines.choice import EngineChooser
+
+    path = config_path(config)
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    specs = {spec.name: (index, spec) for index, spec in enumerate(loaded.models)}
+    if name in specs:
+        index, spec = specs[name]
+        key = f"{path}: models[{index}]"
+    else:  # a store model with the defaults
+        spec = ModelDeployment(name=name, source=f"store:{name}")
+        key = f"store model {name!r}"
+    hardware = detect()
+    try:
+        resolved = resolve_one(spec, key, store_for(loaded), path.parent, EngineChooser(hardware))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"[bold]{name}[/]: {resolved.engine}", highlight=False)
+    console.print(f"  serves: {resolved.artifact.label} ({resolved.artifact.format})")
+    console.print(f"  why:    {resolved.engine_reason}", highlight=False, soft_wrap=True)
+    apple = "; Apple silicon" if hardware.apple_silicon else ""
+    console.print(f"  machine: {hardware.describe_gpus()}{apple}", highlight=False)

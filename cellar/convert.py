@@ -1,0 +1,117 @@
+"""GGUF -> Hugging Face checkpoint, so vLLM (and the training tools) can use a GGUF model.
+
+transformers reads the GGUF and dequantizes it to float32: the checkpoint holds exactly the
+weights llama.cpp computes with. Two facts about the bundled Gemma GGUF shape this code:
+- transformers marks the loaded model as GGUF-quantized, and `save_pretrained` refuses such a
+  model, so the quantization config is dropped first (the weights are already plain tensors);
+- the tokenizer it builds from the GGUF adds no BOS, while llama.cpp adds one when the GGUF
+  says so (`tokenizer.ggml.add_bos_token`). Gemma without BOS degrades badly, so the BOS
+  setting is carried over explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from cellar.errors import StoreError
+from cellar.gguf import GGUFError, read_metadata
+from cellar.store import Lineage, Manifest, ModelStore
+
+METHOD_GGUF_TO_HF = "gguf-to-hf"
+_TOOLS = ("transformers", "torch", "gguf", "accelerate")
+
+Step = Callable[[str], None]
+"""Told what the conversion is doing now (it has no finer progress to give)."""
+
+
+def tool_versions() -> dict[str, str]:
+    found = {}
+    for name in _TOOLS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def _adds_bos(gguf: Path) -> bool:
+    try:
+        meta, _ = read_metadata(gguf)
+    except (GGUFError, OSError) as exc:
+        raise StoreError(f"{gguf}: cannot read the GGUF header: {exc}") from None
+    value = meta.get("tokenizer.ggml.add_bos_token", True)
+    return bool(value)
+
+
+def gguf_to_hf(gguf: Path, out: Path, step: Step = lambda _: None) -> None:
+    """Write a Hugging Face checkpoint (config, safetensors, tokenizer) of `gguf` into `out`."""
+    add_bos = _adds_bos(gguf)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise StoreError(
+            f"converting needs transformers, torch, accelerate and gguf ({exc}); "
+            "install Cellar with its `hf` extra"
+        ) from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI shows its own status
+    folder, name = str(gguf.parent), gguf.name
+    step("reading the tokenizer from the GGUF")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    step("dequantizing the weights (transformers' GGUF loader)")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    # The weights are plain float tensors now; the GGUF marker only blocks save_pretrained.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
+    step("writing safetensors")
+    model.save_pretrained(out)
+    tokenizer.add_bos_token = add_bos  # type: ignore[misc]  # it has a setter (typed as read-only)
+    tokenizer.save_pretrained(out)
+    _pin_bos(out / "tokenizer_config.json", add_bos)
+
+
+def _pin_bos(path: Path, add_bos: bool) -> None:
+    """Write `add_bos_token` into the tokenizer config: every reader must agree with llama.cpp."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["add_bos_token"] = add_bos
+    config.pop("local_files_only", None)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def convert_to_hf(store: ModelStore, name: str, new_name: str, step: Step) -> Manifest:
+    """Convert the store's GGUF model `name` into an HF checkpoint stored as `new_name`.
+
+    Converting the same parent again under the same name returns the existing model.
+    """
+    parent = store.get(name)
+    if parent.format != "gguf":
+        raise StoreError(f"model {name!r} is a {parent.format} checkpoint already, not a GGUF")
+    for existing in store.children(parent.sha256):
+        if existing.name == new_name and existing.format == "hf":
+            return existing
+    step(f"checking {name}")
+    store.verify(name)
+    gguf = store.file_of(parent)
+    lineage = Lineage(
+        parent=parent.name,
+        parent_sha256=parent.sha256,
+        method=METHOD_GGUF_TO_HF,
+        parameters={"dtype": "float32", "add_bos_token": _adds_bos(gguf)},
+        tools=tool_versions(),
+    )
+    return store.add(
+        new_name,
+        "hf",
+        lambda out: gguf_to_hf(gguf, out, step),
+        fmt="hf",
+        source=f"{METHOD_GGUF_TO_HF}:{parent.name}",
+        lineage=lineage,
+    )

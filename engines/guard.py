@@ -1,0 +1,93 @@
+"""Runs a command that must not outlive the gateway, with everything it spawns.
+
+    python -m engines.guard -- COMMAND...
+
+A worker we do not write ourselves (vLLM's server) cannot ask the kernel to end it when the
+gateway dies, and it spawns processes of its own (the engine core, tensor-parallel workers).
+The guard asks for SIGTERM when its parent (the gateway) dies, runs the command in its own
+process group, passes SIGTERM/SIGINT on, and when the command ends or the grace period runs
+out, kills whatever is left in the group. It exits with the command's status.
+Standard library only: it runs before, and beside, any engine environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+PR_SET_PDEATHSIG = 1
+GRACE_S = 8.0
+
+
+def _die_with_parent() -> None:
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _group_members() -> list[int]:
+    """Other live processes in this process group (Linux /proc)."""
+    group, me, found = os.getpgrp(), os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_group() -> None:
+    for pid in _group_members():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        print("usage: python -m engines.guard -- COMMAND...", file=sys.stderr)
+        return 2
+    command = argv[argv.index("--") + 1 :]
+    parent = os.getppid()
+    if os.getpgrp() != os.getpid():
+        os.setpgid(0, 0)  # lead a group of our own: only what we spawn is ever killed
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return 1
+    child = subprocess.Popen(command)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while child.poll() is None:
+        if stopping.wait(0.5):
+            deadline = time.monotonic() + GRACE_S
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            break
+    if child.poll() is None:
+        child.kill()
+    code = child.wait()
+    _kill_group()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

