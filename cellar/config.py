@@ -130,7 +130,7 @@ class VllmSettings(_Strict):
     python: Path | None = Field(
         None,
         description="Python interpreter of the environment vLLM is installed in (vLLM pins its "
-        "own torch and transformers); default: the gateway's own interpreter.",
+        "own torch and transformers); default: $CELLAR_VLLM_PYTHON, else the gateway's own.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weight and activation dtype (`auto`: from the checkpoint)."

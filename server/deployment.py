@@ -73,6 +73,7 @@ class Deployment:
             "state": self.state.value,
             "engine": engine_name,
             "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
+            "url": self.engine.base_url if self.engine is not None and self.holds_memory else None,
             "memory_estimate_bytes": self.estimate_bytes,
             "uptime_s": round(now - self.loaded_at, 1) if self.loaded_at else None,
             "idle_s": round(now - self.last_used, 1),

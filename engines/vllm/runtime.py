@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,9 +37,15 @@ class VllmRuntime:
         return f"{self.dist} {self.version} in {self.python}"
 
 
+ENV_PYTHON = "CELLAR_VLLM_PYTHON"
+
+
 def interpreter(settings: VllmSettings) -> Path:
-    """The Python that runs vLLM: the configured one, else the gateway's own."""
-    return settings.python or Path(sys.executable)
+    """The Python that runs vLLM: the configured one, else $CELLAR_VLLM_PYTHON, else the
+    gateway's own."""
+    if settings.python is not None:
+        return settings.python
+    return Path(os.environ.get(ENV_PYTHON) or sys.executable)
 
 
 @functools.cache

