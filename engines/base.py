@@ -15,7 +15,9 @@ serializes them per deployment). `state`, `error`, `base_url` and `health` are s
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+import httpx
 
 
 class EngineState(StrEnum):
@@ -62,4 +64,26 @@ class Engine(Protocol):
 
     async def stop(self) -> None:
         """Stop the engine and free its memory (the process is gone when this returns)."""
+        ...
+
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The body to send this engine for an OpenAI request to `path`: engines differ in
+        how they take some features (e.g. a grammar for structured output). May raise
+        InvalidRequest."""
+        ...
+
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+        """(running, waiting) requests inside the engine; None when it cannot tell now."""
+        ...
+
+
+class Dialect(Protocol):
+    """What differs between engines that all speak OpenAI's protocol over HTTP."""
+
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """See Engine.prepare."""
+        ...
+
+    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
+        """See Engine.load."""
         ...

@@ -14,11 +14,12 @@ import signal
 import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from cellar.errors import EngineUnavailable
-from engines.base import EngineState
+from engines.base import Dialect, EngineState
 
 FATAL_PREFIX = "cellar-worker: fatal: "
 """A worker's last words: the line after this prefix is shown to operators and clients."""
@@ -43,11 +44,13 @@ class WorkerProcess:
         argv: Sequence[str],
         *,
         port: int,
+        dialect: Dialect,
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         health_path: str = "/health",
     ) -> None:
         self.name = name
+        self._dialect = dialect
         self._argv = list(argv)
         self._env = dict(env) if env is not None else None
         self._base_url = f"http://{host}:{port}"
@@ -136,6 +139,14 @@ class WorkerProcess:
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return self._dialect.prepare(path, payload)
+
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+        if self._state is not EngineState.READY:
+            return None
+        return await self._dialect.load(client, self._base_url)
 
     async def wait_ready(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()

@@ -67,11 +67,16 @@ class CompletionService:
         started: float,
     ) -> Response:
         lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
+        try:
+            payload = lease.engine.prepare(path, body.model_dump(exclude_unset=True, by_alias=True))
+        except BaseException:
+            lease.release()
+            raise
         call = Call(
             model=body.model,
             engine=lease.engine,
             path=path,
-            payload=body.model_dump(exclude_unset=True, by_alias=True),
+            payload=payload,
             client_wants_usage=body.wants_usage_in_stream(),
             started=started,
             on_done=lease.release,

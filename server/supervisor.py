@@ -365,11 +365,11 @@ class Supervisor:
             running, waiting = 0, deployment.admission.waiting
             engine = deployment.engine
             if engine is not None and deployment.state is State.READY:
-                try:
-                    stats = (await client.get(engine.base_url + "/stats", timeout=1.0)).json()
-                    running, waiting = int(stats["running"]), waiting + int(stats["waiting"])
-                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                inside = await engine.load(client)
+                if inside is None:
                     log.debug("no load figures from %s", deployment.name)
+                else:
+                    running, waiting = inside[0], waiting + inside[1]
             self._metrics.set_load(deployment.name, running, waiting)
 
     def all_preloaded_ready(self) -> bool:

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from cellar.errors import ModelNotFound
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import install_error_handlers, sse_event, sse_response, unless_disconnected
-from engines.llamacpp.grammar import check_grammar, grammar_for
+from engines.grammar import grammar_for
+from engines.llamacpp.grammar import check_grammar
 from engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
 from engines.llamacpp.model import Loaded
 from engines.llamacpp.responses import Kind, Shaper, Usage

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from cellar.config import ModelDeployment
 from cellar.hardware import is_apple_silicon
@@ -56,4 +59,18 @@ def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
         "--parent-pid",
         str(os.getpid()),
     ]
-    return WorkerProcess(spec.name, argv, port=port, env=worker_env())
+    return WorkerProcess(spec.name, argv, port=port, dialect=LlamaCppDialect(), env=worker_env())
+
+
+class LlamaCppDialect:
+    """Our own worker takes every feature as OpenAI does, and counts its load at /stats."""
+
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
+        try:
+            stats = (await client.get(base_url + "/stats", timeout=1.0)).json()
+            return int(stats["running"]), int(stats["waiting"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None

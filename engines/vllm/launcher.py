@@ -16,6 +16,7 @@ from pathlib import Path
 from cellar.config import VllmSettings
 from cellar.deployments import ResolvedDeployment
 from engines.process import WorkerProcess, free_port
+from engines.vllm.dialect import VllmDialect
 from engines.vllm.runtime import interpreter
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -113,4 +114,5 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     command = [str(interpreter(settings)), "-m", SERVER_MODULE]
     argv = [sys.executable, "-m", "engines.guard", "--", *command]
     argv += server_args(deployment, port, log_level)
-    return WorkerProcess(deployment.spec.name, argv, port=port, env=worker_env(settings, log_level))
+    env = worker_env(settings, log_level)
+    return WorkerProcess(deployment.spec.name, argv, port=port, dialect=VllmDialect(), env=env)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
+from cellar.errors import InvalidRequest
 from engines.launch import context_window, default_concurrency, memory_estimate
+from engines.vllm.dialect import VllmDialect
 from engines.vllm.launcher import server_args, worker_env
 from tests.files import fake_checkpoint
 
@@ -91,3 +95,20 @@ def test_concurrency_context_and_memory_come_from_the_vllm_settings(tmp_path: Pa
     assert context_window(resolved) == 2048  # the checkpoint's max_position_embeddings
     assert context_window(_resolved(tmp_path / "b", max_model_len=512)) == 512
     assert memory_estimate(resolved) > 0
+
+
+def test_response_format_becomes_the_shared_grammar() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    payload = {
+        "model": "m",
+        "messages": [],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+    }
+    sent = VllmDialect().prepare("/v1/chat/completions", payload)
+    assert "response_format" not in sent
+    assert "root ::=" in sent["structured_outputs"]["grammar"]
+    plain = {"model": "m", "messages": [], "response_format": {"type": "text"}}
+    assert VllmDialect().prepare("/v1/chat/completions", plain) == plain
+    bad = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"$ref": "#/x"}}}
+    with pytest.raises(InvalidRequest):
+        VllmDialect().prepare("/v1/chat/completions", {"response_format": bad})

@@ -10,7 +10,8 @@ import pytest
 
 from cellar.errors import InvalidRequest
 from cellar.protocol import ResponseFormat
-from engines.llamacpp.grammar import check_grammar, grammar_for
+from engines.grammar import grammar_for
+from engines.llamacpp.grammar import check_grammar
 from engines.llamacpp.native import grammar_allows
 
 

@@ -1,0 +1,48 @@
+"""How the gateway talks to vLLM's server beyond plain OpenAI.
+
+- Structured output: `response_format` becomes the same GBNF grammar the llama.cpp worker
+  enforces (engines/grammar.py), sent as vLLM's `structured_outputs.grammar`, so a schema means
+  the same JSON language on both engines.
+- Load: vLLM counts its running and waiting requests in its Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from cellar.protocol import ResponseFormat
+from engines.grammar import grammar_for
+
+_RUNNING = "vllm:num_requests_running"
+_WAITING = "vllm:num_requests_waiting"
+
+
+class VllmDialect:
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        fmt = payload.get("response_format")
+        if fmt is None:
+            return payload
+        grammar = grammar_for(ResponseFormat.model_validate(fmt))
+        if grammar is None:
+            return payload
+        out = {k: v for k, v in payload.items() if k != "response_format"}
+        out["structured_outputs"] = {"grammar": grammar}
+        return out
+
+    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
+        try:
+            text = (await client.get(base_url + "/metrics", timeout=1.0)).text
+        except httpx.HTTPError:
+            return None
+        totals = {_RUNNING: 0.0, _WAITING: 0.0}
+        try:
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in totals:
+                        totals[sample.name] += sample.value
+        except ValueError:
+            return None
+        return int(totals[_RUNNING]), int(totals[_WAITING])
