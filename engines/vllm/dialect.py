@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -16,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cellar.protocol import ResponseFormat
 from engines.grammar import grammar_for
 
+_EMPTY_FIRST_ALTERNATIVE = re.compile(r"::=(\s*)\|")
+"""`ws ::= | " "`: GBNF allows an empty first alternative, vLLM's grammar engine (xgrammar)
+wants it spelled as an empty string."""
 _RUNNING = "vllm:num_requests_running"
 _WAITING = "vllm:num_requests_waiting"
 
@@ -29,7 +33,7 @@ class VllmDialect:
         if grammar is None:
             return payload
         out = {k: v for k, v in payload.items() if k != "response_format"}
-        out["structured_outputs"] = {"grammar": grammar}
+        out["structured_outputs"] = {"grammar": _EMPTY_FIRST_ALTERNATIVE.sub(r'::=\1"" |', grammar)}
         return out
 
     async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:

@@ -70,7 +70,6 @@ def server_args(deployment: ResolvedDeployment, port: int, log_level: str) -> li
         "--generation-config",
         "vllm",
         "--enable-prompt-tokens-details",  # cached-token counts in usage, as llama.cpp gives
-        "--disable-log-stats",  # the gateway has the metrics
         "--disable-uvicorn-access-log",
         "--uvicorn-log-level",
         "warning" if log_level != "debug" else "info",

@@ -107,6 +107,9 @@ def test_response_format_becomes_the_shared_grammar() -> None:
     sent = VllmDialect().prepare("/v1/chat/completions", payload)
     assert "response_format" not in sent
     assert "root ::=" in sent["structured_outputs"]["grammar"]
+    anything = {"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}
+    grammar = VllmDialect().prepare("/v1/completions", anything)["structured_outputs"]["grammar"]
+    assert 'ws ::= "" | " "' in grammar  # xgrammar wants the empty alternative spelled out
     plain = {"model": "m", "messages": [], "response_format": {"type": "text"}}
     assert VllmDialect().prepare("/v1/chat/completions", plain) == plain
     bad = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"$ref": "#/x"}}}
