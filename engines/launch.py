@@ -34,6 +34,22 @@ def context_window(deployment: ResolvedDeployment) -> int | None:
     return deployment.spec.llamacpp.n_ctx
 
 
+def gpu_claims(deployment: ResolvedDeployment) -> dict[int, float]:
+    """Share of each NVIDIA GPU the worker reserves while loaded: vLLM takes
+    `gpu_memory_utilization` of every GPU it runs on (`vllm.gpus`, else the first
+    tensor x pipeline parallel ones). A llama.cpp worker's offload is not accounted."""
+    if deployment.engine != "vllm":
+        return {}
+    runtime = find_runtime(deployment.spec.vllm)
+    if isinstance(runtime, str) or runtime.cpu_build:
+        return {}
+    settings = deployment.spec.vllm
+    devices = settings.gpus
+    if devices is None:
+        devices = list(range(settings.tensor_parallel_size * settings.pipeline_parallel_size))
+    return dict.fromkeys(devices, settings.gpu_memory_utilization)
+
+
 class ProcessLauncher:
     """A `server.supervisor.Launcher` that starts real worker processes."""
 

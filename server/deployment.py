@@ -34,6 +34,8 @@ class Deployment:
     keep_alive_s: float
     context_window: int | None = None
     """Prompt + completion tokens one request may use, when known before tokenizing."""
+    gpu_claims: dict[int, float] = field(default_factory=dict)
+    """Share of each GPU (by index) the worker reserves while loaded."""
     state: State = State.STOPPED
     engine: Engine | None = None
     error: str | None = None
@@ -75,6 +77,7 @@ class Deployment:
             "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
             "url": self.engine.base_url if self.engine is not None and self.holds_memory else None,
             "memory_estimate_bytes": self.estimate_bytes,
+            "gpu_claims": {str(device): share for device, share in self.gpu_claims.items()},
             "uptime_s": round(now - self.loaded_at, 1) if self.loaded_at else None,
             "idle_s": round(now - self.last_used, 1),
             "keep_alive_s": self.keep_alive_s,

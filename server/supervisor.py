@@ -24,7 +24,7 @@ from cellar.deployments import ResolvedDeployment
 from cellar.errors import EngineUnavailable, IntegrityError, ModelNotFound
 from cellar.store import ModelStore
 from engines.base import Engine, EngineState
-from engines.launch import context_window, default_concurrency, engine_name
+from engines.launch import context_window, default_concurrency, engine_name, gpu_claims
 from engines.warmup import warm_up
 from server.admission import Admission
 from server.deployment import (
@@ -81,6 +81,7 @@ class Supervisor:
                 estimate_bytes=spec.memory_estimate or estimator(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
                 context_window=context_window(resolved),
+                gpu_claims=gpu_claims(resolved),
             )
         self._budget_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
@@ -230,7 +231,8 @@ class Supervisor:
         log.error("model %r is unavailable: %s", deployment.name, reason)
 
     async def _make_room(self, deployment: Deployment) -> None:
-        """Evict idle models, least recently used first, until `deployment` fits the budget."""
+        """Evict idle models, least recently used first, until `deployment` fits the memory
+        budget and every GPU it claims has room for its share."""
         budget, need = self._limits.budget_bytes, deployment.estimate_bytes
         if need > budget:
             raise EngineUnavailable(
@@ -238,19 +240,40 @@ class Supervisor:
                 f"memory budget of {_gib(budget)} (server.memory_budget)"
             )
         others = [d for d in self._deployments.values() if d is not deployment]
-        used = sum(d.estimate_bytes for d in others if d.holds_memory)
-        while used + need > budget:
-            idle = [d for d in others if d.state is State.READY and not d.busy]
+        while (shortage := self._shortage(deployment, others)) is not None:
+            what, relieves = shortage
+            idle = [d for d in others if d.state is State.READY and not d.busy and relieves(d)]
             if not idle:
-                holders = ", ".join(d.name for d in others if d.holds_memory)
+                holders = ", ".join(d.name for d in others if d.holds_memory and relieves(d))
                 raise EngineUnavailable(
-                    f"model {deployment.name!r} needs about {_gib(need)} but only "
-                    f"{_gib(max(budget - used, 0))} of the {_gib(budget)} memory budget is free, "
-                    f"and the models holding the rest are busy ({holders}); retry later"
+                    f"model {deployment.name!r} needs {what}, and the models holding the rest "
+                    f"are busy ({holders}); retry later"
                 )
             victim = min(idle, key=lambda d: d.last_used)
             await self._unload(victim, f"evicted to make room for {deployment.name!r}")
-            used -= victim.estimate_bytes
+
+    def _shortage(
+        self, deployment: Deployment, others: list[Deployment]
+    ) -> tuple[str, Callable[[Deployment], bool]] | None:
+        """What `deployment` lacks to load now, and which loaded models would free it."""
+        holders = [d for d in others if d.holds_memory]
+        budget, need = self._limits.budget_bytes, deployment.estimate_bytes
+        used = sum(d.estimate_bytes for d in holders)
+        if used + need > budget:
+            free = _gib(max(budget - used, 0))
+            return (
+                f"about {_gib(need)} but only {free} of the {_gib(budget)} memory budget is free",
+                lambda d: True,
+            )
+        for device, share in sorted(deployment.gpu_claims.items()):
+            taken = sum(d.gpu_claims.get(device, 0.0) for d in holders)
+            if taken + share > 1.0 + 1e-9:
+                return (
+                    f"{share:.0%} of GPU {device} (vllm.gpu_memory_utilization) but "
+                    f"{taken:.0%} of it is taken",
+                    lambda d, device=device: device in d.gpu_claims,
+                )
+        return None
 
     async def _unload(self, deployment: Deployment, why: str) -> None:
         log.info("unloading model %r: %s", deployment.name, why)
