@@ -107,13 +107,14 @@ def models_ps(config: ConfigOpt = None) -> None:
     budget = view.get("memory_budget_bytes", 0) / 2**30
     table = Table(title=f"{url} (memory budget {budget:.2f} GiB)")
     table.add_column("model", no_wrap=True)
-    for header in ("state", "pid", "GiB", "up", "run", "wait", "restarts"):
+    for header in ("engine", "state", "pid", "GiB", "up", "run", "wait", "restarts"):
         table.add_column(header, no_wrap=True)
     table.add_column("error")
     for m in view["models"]:
         uptime = "" if m["uptime_s"] is None else f"{m['uptime_s']:.0f}s"
         table.add_row(
             m["name"],
+            m["engine"],
             m["state"],
             str(m["pid"] or ""),
             f"{m['memory_estimate_bytes'] / 2**30:.2f}",
