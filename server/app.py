@@ -15,7 +15,7 @@ from cellar.store import ModelStore
 from cellar.web import install_error_handlers
 from server.deployment import Limits
 from server.metrics import Metrics
-from server.proxy import Proxy
+from server.proxy import Proxy, new_session
 from server.routes import openai, ops
 from server.service import CompletionService
 from server.supervisor import Estimator, Launcher, Supervisor
@@ -41,12 +41,15 @@ def create_app(
             )
             app.state.http = client
             app.state.started_at = time.time()
-            app.state.completions = CompletionService(supervisor, Proxy(client, metrics), metrics)
+            session = new_session()
+            proxy = Proxy(session, metrics)
+            app.state.completions = CompletionService(supervisor, proxy, metrics)
             supervisor.start()
             try:
                 yield
             finally:
                 await supervisor.stop_all()
+                await session.close()
 
     app = FastAPI(title="Cellar", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

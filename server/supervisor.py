@@ -207,7 +207,7 @@ class Supervisor:
             log.exception("loading %r failed", spec.name)
             await self._fail(deployment, f"loading failed: {exc}")
         else:
-            deployment.loaded_at = time.monotonic()
+            deployment.loaded_at = deployment.last_used = time.monotonic()  # idle from now on
             deployment.health_misses = 0
             deployment.crashed = False
             self._set_state(deployment, State.READY)
