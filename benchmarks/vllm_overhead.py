@@ -21,47 +21,22 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from benchmarks.batching import TOPICS, Level
 from cellar.store import ModelStore
 from tests.gateway import BUNDLED_NAME, HF_NAME, MODEL, start_gateway, vllm_models
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
-PROMPTS = [
-    "The ship sailed",
-    "The old castle",
-    "In the laboratory",
-    "The market opened",
-    "Under the bridge",
-    "The orchestra played",
-    "At the border",
-    "The letter said",
-]
-
-
-@dataclass(frozen=True)
-class Round:
-    tokens: int
-    wall_s: float
-    ttfts: list[float]
-
-    @property
-    def throughput(self) -> float:
-        return self.tokens / self.wall_s
-
-    @property
-    def p50_ttft(self) -> float:
-        return statistics.median(self.ttfts)
 
 
 async def _stream(client: httpx.AsyncClient, index: int, max_tokens: int) -> tuple[int, float]:
     body = {
         "model": MODEL,
-        "prompt": f"Chapter {index + 1}. {PROMPTS[index % len(PROMPTS)]}",
+        "prompt": f"Chapter {index + 1}. {TOPICS[index % len(TOPICS)]}",
         "max_tokens": max_tokens,
         "temperature": 0.8,
         "seed": index,
@@ -82,13 +57,17 @@ async def _stream(client: httpx.AsyncClient, index: int, max_tokens: int) -> tup
     return int(tokens), ttft
 
 
-async def one_round(base_url: str, clients: int, max_tokens: int) -> Round:
+def _p50_ttft(level: Level) -> float:
+    return statistics.median(level.ttfts)
+
+
+async def one_round(base_url: str, clients: int, max_tokens: int) -> Level:
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(_stream(client, i, max_tokens) for i in range(clients)))
         wall = time.perf_counter() - started
-    return Round(sum(t for t, _ in results), wall, [ttft for _, ttft in results])
+    return Level(base_url, clients, sum(t for t, _ in results), wall, [t for _, t in results])
 
 
 def _prepare_store(store: Path) -> ModelStore:
@@ -129,7 +108,7 @@ def main() -> None:
             rows = []
             for clients in levels:
                 asyncio.run(one_round(paths["gateway"], clients, 8))  # warm this level's shapes
-                seen: dict[str, list[Round]] = {"direct": [], "gateway": []}
+                seen: dict[str, list[Level]] = {"direct": [], "gateway": []}
                 for _ in range(args.rounds):
                     for name, url in paths.items():
                         seen[name].append(asyncio.run(one_round(url, clients, args.max_tokens)))
@@ -146,8 +125,8 @@ def main() -> None:
     for clients, seen in rows:
         direct = statistics.median(r.throughput for r in seen["direct"])
         through = statistics.median(r.throughput for r in seen["gateway"])
-        d_ttft = statistics.median(r.p50_ttft for r in seen["direct"])
-        g_ttft = statistics.median(r.p50_ttft for r in seen["gateway"])
+        d_ttft = statistics.median(_p50_ttft(r) for r in seen["direct"])
+        g_ttft = statistics.median(_p50_ttft(r) for r in seen["gateway"])
         print(
             f"{clients:>7} | {direct:>12.1f} {through:>13.1f} {through / direct:>6.3f} | "
             f"{d_ttft * 1000:>12.1f} ms {g_ttft * 1000:>13.1f} ms "

@@ -34,11 +34,11 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def _group_members() -> list[int]:
-    """Other live processes in this process group (Linux /proc)."""
-    group, me, found = os.getpgrp(), os.getpid(), []
+def group_members(group: int) -> list[int]:
+    """Live processes in a process group (Linux /proc)."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
@@ -50,7 +50,9 @@ def _group_members() -> list[int]:
 
 
 def _kill_group() -> None:
-    for pid in _group_members():
+    """Everything else in our group: what the command left behind."""
+    me = os.getpid()
+    for pid in (pid for pid in group_members(os.getpgrp()) if pid != me):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

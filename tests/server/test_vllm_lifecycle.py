@@ -7,11 +7,11 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cellar.store import ModelStore
+from engines.guard import group_members
 from tests.gateway import MODEL, Gateway, process_alive, start_gateway, vllm_models
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -20,18 +20,8 @@ KEEP_ALIVE_S = 20
 
 
 def _group(leader: int) -> list[int]:
-    """Live processes in `leader`'s process group (the guard and everything vLLM spawned)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == leader:
-            members.append(int(entry.name))
-    return members
+    """The guard and everything vLLM spawned (the guard leads their process group)."""
+    return group_members(leader)
 
 
 def _wait_state(gw: Gateway, state: str, timeout_s: float = 300) -> dict[str, object]:
