@@ -16,7 +16,11 @@ from engines.process import WorkerProcess, free_port
 
 
 def worker_spec(
-    deployment: ModelDeployment, model_path: Path, chat_template: str | None, log_level: str
+    deployment: ModelDeployment,
+    model_path: Path,
+    chat_template: str | None,
+    log_level: str,
+    nice: int = 0,
 ) -> WorkerSpec:
     settings = deployment.llamacpp
     n_gpu_layers = settings.n_gpu_layers
@@ -32,6 +36,7 @@ def worker_spec(
         n_gpu_layers=n_gpu_layers,
         chat_template=chat_template,
         log_level=log_level,
+        nice=nice,
     )
 
 
