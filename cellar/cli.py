@@ -57,7 +57,7 @@ def warmup(
     prompts = deployment.spec.warmup.prompts or ["Hello"]
 
     async def measure() -> tuple[float, float]:
-        engine = ProcessLauncher(loaded.server.log_level, loaded.server.worker_nice)(deployment)
+        engine = ProcessLauncher(loaded.server.log_level)(deployment)
         await engine.start()
         try:
             await engine.wait_ready(deployment.spec.startup_timeout_s)

@@ -86,13 +86,6 @@ class ServerSettings(_Strict):
     load_timeout_s: float = Field(
         600, gt=0, description="How long a request waits for its model to load."
     )
-    worker_nice: int = Field(
-        5,
-        ge=0,
-        le=19,
-        description="Niceness added to engine workers, so the gateway's event loop (little "
-        "CPU, latency-critical) wins the CPU when both want it; 0: same priority.",
-    )
 
 
 class StoreSettings(_Strict):

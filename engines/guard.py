@@ -1,13 +1,12 @@
 """Runs a command that must not outlive the gateway, with everything it spawns.
 
-    python -m engines.guard [--nice N] -- COMMAND...
+    python -m engines.guard -- COMMAND...
 
 A worker we do not write ourselves (vLLM's server) cannot ask the kernel to end it when the
 gateway dies, and it spawns processes of its own (the engine core, tensor-parallel workers).
 The guard asks for SIGTERM when its parent (the gateway) dies, runs the command in its own
 process group, passes SIGTERM/SIGINT on, and when the command ends or the grace period runs
-out, kills whatever is left in the group. It exits with the command's status. `--nice N` adds
-N to the niceness of the command and all it spawns.
+out, kills whatever is left in the group. It exits with the command's status.
 Standard library only: it runs before, and beside, any engine environment.
 """
 
@@ -60,18 +59,15 @@ def _kill_group() -> None:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") == len(argv) - 1:
-        print("usage: python -m engines.guard [--nice N] -- COMMAND...", file=sys.stderr)
+        print("usage: python -m engines.guard -- COMMAND...", file=sys.stderr)
         return 2
-    options, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
-    nice = int(options[options.index("--nice") + 1]) if "--nice" in options else 0
+    command = argv[argv.index("--") + 1 :]
     parent = os.getppid()
     if os.getpgrp() != os.getpid():
         os.setpgid(0, 0)  # lead a group of our own: only what we spawn is ever killed
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         return 1
-    if nice:
-        os.nice(nice)
     child = subprocess.Popen(command)
     stopping = threading.Event()
 

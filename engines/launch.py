@@ -53,15 +53,14 @@ def gpu_claims(deployment: ResolvedDeployment) -> dict[int, float]:
 class ProcessLauncher:
     """A `server.supervisor.Launcher` that starts real worker processes."""
 
-    def __init__(self, log_level: str, nice: int = 0) -> None:
+    def __init__(self, log_level: str) -> None:
         self.log_level = log_level
-        self.nice = nice
 
     def __call__(self, deployment: ResolvedDeployment) -> Engine:
         if deployment.engine == "vllm":
-            return launch_vllm(deployment, self.log_level, self.nice)
+            return launch_vllm(deployment, self.log_level)
         spec = worker_spec(
-            deployment.spec, deployment.path, deployment.chat_template, self.log_level, self.nice
+            deployment.spec, deployment.path, deployment.chat_template, self.log_level
         )
         return launch_llamacpp(spec)
 

@@ -48,13 +48,7 @@ def serve(config_file: Path) -> None:
         )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied call is noise
     limits = limits_of(config)
-    app = create_app(
-        deployments,
-        store,
-        ProcessLauncher(level, config.server.worker_nice),
-        memory_estimate,
-        limits,
-    )
+    app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits)
     log.info(
         "serving %d model(s) on http://%s:%d",
         len(deployments),

@@ -16,11 +16,7 @@ from engines.process import WorkerProcess, free_port
 
 
 def worker_spec(
-    deployment: ModelDeployment,
-    model_path: Path,
-    chat_template: str | None,
-    log_level: str,
-    nice: int = 0,
+    deployment: ModelDeployment, model_path: Path, chat_template: str | None, log_level: str
 ) -> WorkerSpec:
     settings = deployment.llamacpp
     n_gpu_layers = settings.n_gpu_layers
@@ -36,7 +32,6 @@ def worker_spec(
         n_gpu_layers=n_gpu_layers,
         chat_template=chat_template,
         log_level=log_level,
-        nice=nice,
     )
 
 

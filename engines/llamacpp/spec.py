@@ -24,8 +24,6 @@ class WorkerSpec(BaseModel):
     chat_template: str | None
     """Template text from the config; overrides the GGUF's own template."""
     log_level: str = "info"
-    nice: int = 0
-    """Added to the worker's niceness at start (the gateway's event loop goes first)."""
 
     def threads(self) -> int:
         return self.n_threads or len(os.sched_getaffinity(0))

@@ -47,8 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(args.parent_pid)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = WorkerSpec.model_validate_json(args.spec)
-    if spec.nice:
-        os.nice(spec.nice)
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         loaded = load(spec)

@@ -106,12 +106,12 @@ def worker_env(settings: VllmSettings, log_level: str) -> dict[str, str]:
     return env
 
 
-def launch_vllm(deployment: ResolvedDeployment, log_level: str, nice: int = 0) -> WorkerProcess:
+def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess:
     """A not-yet-started vLLM worker for `deployment` on a free loopback port."""
     port = free_port()
     settings = deployment.spec.vllm
     command = [str(interpreter(settings)), "-m", SERVER_MODULE]
-    argv = [sys.executable, "-m", "engines.guard", "--nice", str(nice), "--", *command]
+    argv = [sys.executable, "-m", "engines.guard", "--", *command]
     argv += server_args(deployment, port, log_level)
     env = worker_env(settings, log_level)
     return WorkerProcess(deployment.spec.name, argv, port=port, dialect=VllmDialect(), env=env)

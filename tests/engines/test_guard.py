@@ -80,24 +80,3 @@ def test_sigterm_stops_the_command_and_exit_status_passes_through(tmp_path: Path
     os.kill(guard.pid, signal.SIGTERM)
     assert guard.wait(timeout=30) == 128 + signal.SIGTERM
     assert _gone(grandchild)
-
-
-def test_nice_lowers_the_commands_priority() -> None:
-    printed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engines.guard",
-            "--nice",
-            "3",
-            "--",
-            sys.executable,
-            "-c",
-            "import os; print(os.nice(0))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    assert int(printed) == os.nice(0) + 3

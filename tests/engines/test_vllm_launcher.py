@@ -12,7 +12,7 @@ from cellar.deployments import Artifact, ResolvedDeployment
 from cellar.errors import InvalidRequest
 from engines.launch import context_window, default_concurrency, memory_estimate
 from engines.vllm.dialect import VllmDialect
-from engines.vllm.launcher import launch_vllm, server_args, worker_env
+from engines.vllm.launcher import server_args, worker_env
 from tests.files import fake_checkpoint
 
 
@@ -115,13 +115,3 @@ def test_response_format_becomes_the_shared_grammar() -> None:
     bad = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"$ref": "#/x"}}}
     with pytest.raises(InvalidRequest):
         VllmDialect().prepare("/v1/chat/completions", {"response_format": bad})
-
-
-def test_the_worker_runs_under_the_guard_at_a_lower_priority(tmp_path: Path) -> None:
-    worker = launch_vllm(_resolved(tmp_path), "info", nice=5)
-    argv = worker._argv
-    assert argv[1:5] == ["-m", "engines.guard", "--nice", "5"]
-    assert argv[argv.index("--") + 2 : argv.index("--") + 4] == [
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-    ]
