@@ -17,7 +17,7 @@ from typing import Literal
 from cellar.chat import load_template_spec
 from cellar.config import CellarConfig, ModelDeployment
 from cellar.errors import ConfigError, StoreError
-from cellar.store import HF_CONFIG, Format, Manifest, ModelStore, sniff_format
+from cellar.store import Format, Manifest, ModelStore, sniff_format
 
 STORE_PREFIX = "store:"
 
@@ -103,9 +103,7 @@ def find_artifacts(source: str, store: ModelStore, base_dir: Path) -> Artifacts:
     if not path.is_absolute():
         path = base_dir / path
     if path.is_dir():
-        if not (path / HF_CONFIG).is_file():
-            raise StoreError(f"{path} is a directory but not a Hugging Face checkpoint")
-        fmt = sniff_format(path)
+        fmt = sniff_format(path)  # StoreError unless it is a checkpoint
     elif path.is_file():
         fmt = "gguf"
     else:

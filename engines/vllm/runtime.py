@@ -61,7 +61,8 @@ def _probe(python: Path) -> VllmRuntime | str:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot run {python}: {exc}"
     if done.returncode != 0:
-        return f"{python} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        return f"{python} failed: {last[0]}"
     try:
         found = json.loads(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
