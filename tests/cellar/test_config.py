@@ -4,8 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from cellar.config import CellarConfig, config_json_schema, load_config
+from cellar.config import CellarConfig, ModelDeployment, config_json_schema, load_config
 from cellar.errors import ConfigError
 from cellar.hardware import Hardware
 from cellar.store import ModelStore
@@ -30,9 +31,13 @@ def test_default_config_is_valid() -> None:
 
 def test_gpu_example_config_is_valid() -> None:
     config = load_config(REPO / "configs" / "gpu.yaml", env={})
-    engines = {m.name: m.engine for m in config.models}
-    assert engines == {"gemma-3-270m": "auto", "llama-3.1-8b": "vllm"}
-    assert config.models[1].vllm.tensor_parallel_size == 2
+    [gemma] = config.models
+    assert (gemma.engine, gemma.llamacpp.n_gpu_layers, gemma.vllm.gpus) == ("auto", -1, [0])
+    text = (REPO / "configs" / "gpu.yaml").read_text()
+    commented = text[text.index("  # - name: llama-3.1-8b") :].splitlines()
+    example = "\n".join(line.removeprefix("  # ") for line in commented)
+    larger = ModelDeployment.model_validate(yaml.safe_load(example)[0])  # the commented one
+    assert larger.vllm.tensor_parallel_size == 2
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
