@@ -47,9 +47,9 @@ def _adds_bos(gguf: Path) -> bool:
     return bool(value)
 
 
-def gguf_to_hf(gguf: Path, out: Path, step: Step = lambda _: None) -> None:
-    """Write a Hugging Face checkpoint (config, safetensors, tokenizer) of `gguf` into `out`."""
-    add_bos = _adds_bos(gguf)
+def gguf_to_hf(gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None) -> None:
+    """Write a Hugging Face checkpoint (config, safetensors, tokenizer) of `gguf` into `out`;
+    its tokenizer adds BOS when `add_bos` (the GGUF's own setting, see `_adds_bos`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,17 +100,18 @@ def convert_to_hf(store: ModelStore, name: str, new_name: str, step: Step) -> Ma
     step(f"checking {name}")
     store.verify(name)
     gguf = store.file_of(parent)
+    add_bos = _adds_bos(gguf)
     lineage = Lineage(
         parent=parent.name,
         parent_sha256=parent.sha256,
         method=METHOD_GGUF_TO_HF,
-        parameters={"dtype": "float32", "add_bos_token": _adds_bos(gguf)},
+        parameters={"dtype": "float32", "add_bos_token": add_bos},
         tools=tool_versions(),
     )
     return store.add(
         new_name,
         "hf",
-        lambda out: gguf_to_hf(gguf, out, step),
+        lambda out: gguf_to_hf(gguf, out, add_bos, step),
         fmt="hf",
         source=f"{METHOD_GGUF_TO_HF}:{parent.name}",
         lineage=lineage,

@@ -29,6 +29,10 @@ _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 STATUS_CLIENT_GONE = 499
+_JSON = {"Content-Type": "application/json"}
+UpstreamError = (aiohttp.ClientError, TimeoutError)
+KEEPALIVE_S = 4.0
+"""Below uvicorn's 5 s, so the gateway never reuses a connection the worker is closing."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,6 @@ class Call:
 
 class WorkerUnreachable(EngineUnavailable):
     """The worker refused the connection: the request never reached it, so a retry is safe."""
-
-
-_JSON = {"Content-Type": "application/json"}
-UpstreamError = (aiohttp.ClientError, TimeoutError)
-
-
-KEEPALIVE_S = 4.0
-"""Below uvicorn's 5 s, so the gateway never reuses a connection the worker is closing."""
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -68,4 +68,5 @@ def normalize_error(status: int, body: bytes, model: str, prompt_param: str) -> 
     if cls is ContextLengthExceeded:
         param = prompt_param
     shaped = cls(message, param=param)
-    return cls.status if cls is not InvalidRequest else status, json.dumps(shaped.body()).encode()
+    # A client error keeps the worker's status (400, 404, 422...); a server error is a 502.
+    return status if status < 500 else cls.status, json.dumps(shaped.body()).encode()
