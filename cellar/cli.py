@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cellar.cli_bench import bench_app
 from cellar.cli_common import ConfigOpt, console, fail
 from cellar.cli_models import models_app
 from cellar.config import config_json_schema, config_path, load_config
@@ -20,6 +21,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()

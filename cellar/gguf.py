@@ -108,3 +108,50 @@ def read_metadata(path: Path) -> tuple[dict[str, Scalar], dict[str, int]]:
             else:
                 raise GGUFError(f"{path}: unknown metadata value type {kind} for {key}")
     return scalars, arrays
+
+
+FILE_TYPES = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    7: "q8_0",
+    8: "q5_0",
+    9: "q5_1",
+    10: "q2_k",
+    11: "q3_k_s",
+    12: "q3_k_m",
+    13: "q3_k_l",
+    14: "q4_k_s",
+    15: "q4_k_m",
+    16: "q5_k_s",
+    17: "q5_k_m",
+    18: "q6_k",
+    19: "iq2_xxs",
+    20: "iq2_xs",
+    21: "q2_k_s",
+    22: "iq3_xs",
+    23: "iq3_xxs",
+    24: "iq1_s",
+    25: "iq4_nl",
+    26: "iq3_s",
+    27: "iq3_m",
+    28: "iq2_s",
+    29: "iq2_m",
+    30: "iq4_xs",
+    31: "iq1_m",
+    32: "bf16",
+    36: "tq1_0",
+    37: "tq2_0",
+    38: "mxfp4_moe",
+}
+"""llama.cpp's `llama_ftype` values (`general.file_type`): the file's main quantization."""
+
+
+def quantization(path: Path) -> str | None:
+    """The quantization a GGUF declares, e.g. `q4_k_m`; None when it declares none."""
+    scalars, _ = read_metadata(path)
+    file_type = scalars.get("general.file_type")
+    if not isinstance(file_type, int) or isinstance(file_type, bool):
+        return None
+    return FILE_TYPES.get(file_type, f"ftype-{file_type}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engines.launch import engine_name
 from server.service import CompletionService
+from server.system import system_report
 
 router = APIRouter()
 
@@ -45,6 +47,14 @@ async def metrics(request: Request) -> Response:
 async def admin_models(request: Request) -> dict[str, Any]:
     supervisor = _service(request).supervisor
     return {"memory_budget_bytes": supervisor.budget_bytes, "models": supervisor.describe()}
+
+
+@router.get("/admin/system")
+async def admin_system(request: Request) -> dict[str, Any]:
+    """The machine, the serving software and each model's artifact (for benchmark records)."""
+    supervisor = _service(request).supervisor
+    resolved = [supervisor.get(name).resolved for name in supervisor.names]
+    return await asyncio.to_thread(system_report, resolved)
 
 
 @router.post("/admin/models/{name}/load")

@@ -1,0 +1,168 @@
+"""What is being measured: the endpoint, what it serves, the machine it runs on, and a Cellar
+gateway started for the run from a config file.
+
+A Cellar gateway describes itself on `/admin/system` (machine, versions, model sha256 and
+quantization). Any other server is described by the machine the benchmark runs on when it
+listens on loopback, and left unknown otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx
+
+from benchmarks.suite.client import Client, ClientError, server_root
+from benchmarks.suite.record import ColdStart, Endpoint, Hardware
+from benchmarks.suite.workload import Prompt
+from cellar.fingerprint import machine
+
+_GATEWAY_START_S = 120
+_SETTLE_S = 1800
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any | None:
+    try:
+        async with session.get(url) as response:
+            if response.status != 200:
+                return None
+            return await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def first_model(client: Client) -> str:
+    listing = await _get_json(client.session, f"{client.root}/models")
+    try:
+        return str(listing["data"][0]["id"])  # type: ignore[index]
+    except (TypeError, KeyError, IndexError):
+        raise ClientError(f"{client.root}/models lists no model; pass --model") from None
+
+
+async def describe(client: Client) -> tuple[Endpoint, Hardware]:
+    """The endpoint and the hardware behind it, as far as they can be known."""
+    system = await _get_json(client.session, f"{server_root(client.root)}/admin/system")
+    client_machine = machine()
+    endpoint = Endpoint(
+        base_url=client.root,
+        model=client.model,
+        api=client.api,
+        server_header=client.server_header,
+    )
+    if isinstance(system, dict):
+        models = system.get("models") or []
+        facts: dict[str, Any] = next((m for m in models if m.get("name") == client.model), {})
+        endpoint.cellar = True
+        endpoint.engine = facts.get("engine")
+        endpoint.engine_version = facts.get("engine_version")
+        endpoint.model_sha256 = facts.get("sha256")
+        endpoint.quantization = facts.get("quantization")
+        endpoint.deployment = facts.get("deployment")
+        hardware = Hardware(
+            server=system.get("machine"),
+            server_source="cellar",
+            server_versions=system.get("versions") or {},
+            client=client_machine,
+        )
+    elif is_loopback(client.root):
+        hardware = Hardware(server=client_machine, server_source="local", client=client_machine)
+    else:
+        hardware = Hardware(server=None, server_source="unknown", client=client_machine)
+    return endpoint, hardware
+
+
+async def measure_cold(client: Client, runs: int, warm_runs: int = 3) -> ColdStart:
+    """Unload the model through Cellar's admin API, then time the first token of a request
+    (load + warm-up + first token); then the TTFT of the same request warm."""
+    root = server_root(client.root)
+    prompt = Prompt("Hello", None, 8)
+    cold, warm = [], []
+    for _ in range(runs):
+        try:
+            async with client.session.post(f"{root}/admin/models/{client.model}/unload") as r:
+                if r.status != 200:
+                    raise ClientError(
+                        f"--cold needs a Cellar gateway: POST {root}/admin/models/"
+                        f"{client.model}/unload answered HTTP {r.status}"
+                    )
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"--cold: cannot reach {root}/admin: {exc}") from None
+        cold.append(await _ttft_ms(client, prompt))
+        for _ in range(warm_runs):
+            warm.append(await _ttft_ms(client, prompt))
+    return ColdStart(cold_ttft_ms=cold, warm_ttft_ms=warm)
+
+
+async def _ttft_ms(client: Client, prompt: Prompt) -> float:
+    result = await client.send(prompt, time.perf_counter())
+    if result.error is not None or result.ttft_s is None:
+        raise ClientError(f"cold-start request failed: {result.error} {result.error_detail or ''}")
+    return result.ttft_s * 1000.0
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the gateway answers (2 minutes at most), then until no model is still loading."""
+    answer_by = time.monotonic() + _GATEWAY_START_S
+    settle_by = time.monotonic() + _SETTLE_S
+    with httpx.Client(base_url=url, timeout=5) as http:
+        while True:
+            if process.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the gateway exited (code {process.returncode}):\n{tail}")
+            try:
+                models = http.get("/admin/models").json()["models"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                models = None
+            if models is not None and all(m["state"] not in ("loading", "warming") for m in models):
+                return
+            if time.monotonic() > (answer_by if models is None else settle_by):
+                raise RuntimeError(f"the gateway at {url} did not become ready; see {log}")
+            time.sleep(0.25)
+
+
+@contextmanager
+def started_gateway(config: Path, log: Path) -> Iterator[str]:
+    """`cellar serve --config CONFIG` on a free loopback port for the run; yields its URL."""
+    from engines.process import free_port
+
+    port = free_port()
+    env = {**os.environ, "CELLAR_HOST": "127.0.0.1", "CELLAR_PORT": str(port)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
