@@ -115,40 +115,30 @@ def _target(
         raise fail(str(exc)) from None
 
 
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
 def _summary_table(run: Run) -> RichTable:
     table = RichTable(title=run.label)
-    for header in (
-        "level",
-        "ok",
-        "failed",
-        "req/s",
-        "out tok/s",
-        "TTFT p50",
-        "TTFT p99",
-        "TPOT p50",
-        "E2E p50",
-        "goodput",
-    ):
+    headers = ("level", "ok", "failed", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms")
+    for header in (*headers, "TPOT p50 ms", "E2E p50 s", "goodput req/s"):
         table.add_column(header, justify="right")
     for level in run.levels:
         m = level.metrics
         if m is None:
             continue
-
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value:,.1f} ms"
-
         table.add_row(
             level.label,
             str(m.completed),
             str(m.failed),
             f"{m.request_throughput:.2f}",
             f"{m.output_throughput:,.1f}",
-            ms(m.ttft_ms.median),
-            ms(m.ttft_ms.p99),
-            ms(m.tpot_ms.median),
-            ms(m.e2el_ms.median),
-            "-" if m.goodput is None else f"{m.goodput:.2f}",
+            _number(m.ttft_ms.median),
+            _number(m.ttft_ms.p99),
+            _number(m.tpot_ms.median),
+            _number(None if m.e2el_ms.median is None else m.e2el_ms.median / 1000, 2),
+            _number(m.goodput, 2),
         )
     return table
 
