@@ -187,6 +187,13 @@ def bench(
         Path | None,
         typer.Option("--config", "-c", help="Start a Cellar gateway with this config for the run"),
     ] = None,
+    model_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model file the server loaded, to record its sha256 and "
+            "quantization (Cellar reports them itself)"
+        ),
+    ] = None,
     api: Annotated[str, typer.Option(help="completions or chat")] = "completions",
     api_key: Annotated[
         str | None,
@@ -310,6 +317,7 @@ def bench(
             label=label,
             command=sys.argv,
             started_from_config=started_from,
+            model_file=model_file,
         )
         run = new_run(options)
         failure = _measure(run, options)
@@ -328,6 +336,7 @@ def _measure(run: Run, options: Options) -> str | None:
     from benchmarks.suite.bench import run_bench
     from benchmarks.suite.client import ClientError
     from benchmarks.suite.workload import WorkloadError
+    from cellar.errors import StoreError
 
     columns = (
         TextColumn("{task.description:>14}"),
@@ -339,7 +348,7 @@ def _measure(run: Run, options: Options) -> str | None:
     with Progress(*columns, console=err) as progress, _event_loop_runner() as runner:
         try:
             runner.run(run_bench(run, options, _ProgressReporter(progress)))
-        except (ClientError, WorkloadError, RuntimeError) as exc:
+        except (ClientError, WorkloadError, RuntimeError, OSError, StoreError) as exc:
             return str(exc)
     return None
 

@@ -18,7 +18,7 @@ from benchmarks.suite import selfcheck
 from benchmarks.suite.client import Client, ClientError
 from benchmarks.suite.record import Api, Level, RequestResult, Run, WorkloadSpec
 from benchmarks.suite.runner import LevelPlan, default_requests, run_level
-from benchmarks.suite.target import describe, first_model, measure_cold
+from benchmarks.suite.target import describe, describe_model_file, first_model, measure_cold
 from benchmarks.suite.workload import (
     RANDOM,
     SHIPPED,
@@ -63,6 +63,7 @@ class Options:
     label: str | None = None
     command: list[str] = field(default_factory=list)
     started_from_config: str | None = None
+    model_file: Path | None = None
 
 
 class Reporter(Protocol):
@@ -197,6 +198,9 @@ async def _measure(run: Run, options: Options, reporter: Reporter) -> None:
         client.ignore_eos, honoured = await _ignore_eos(client, options.ignore_eos)
         run.endpoint, run.hardware = await describe(client)
         run.endpoint.started_from_config = options.started_from_config
+        if options.model_file is not None and not run.endpoint.model_sha256:
+            reporter.note(f"hashing {options.model_file}")
+            await asyncio.to_thread(describe_model_file, run.endpoint, options.model_file)
         run.label = options.label or f"{client.model} on {_host(run)}"
         run.workload = WorkloadSpec(
             dataset=options.dataset,

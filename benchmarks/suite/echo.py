@@ -92,22 +92,27 @@ class Echo:
                     if name.strip().lower() == "content-length":
                         length = int(value)
                 body = await reader.readexactly(length) if length else b"{}"
-                path = request_line.split(" ")[1] if " " in request_line else "/"
-                self._served += 1
-                if self._fail_after is not None and self._served > self._fail_after:
-                    out, drop = _failure(next(self._kinds), path)
-                    writer.write(out)
-                    await writer.drain()
-                    if drop:
-                        break
-                    continue
-                if path.endswith("/models"):
+                method, path, *_ = [*request_line.split(" "), "", ""]
+                if method == "POST" and path.endswith("/completions"):
+                    self._served += 1
+                    if self._fail_after is not None and self._served > self._fail_after:
+                        out, drop = _failure(next(self._kinds), path)
+                        writer.write(out)
+                        await writer.drain()
+                        if drop:
+                            break
+                        continue
+                    writer.write(_answer(path, json.loads(body or b"{}")))
+                elif method == "GET" and path.endswith("/models"):
                     models = {"object": "list", "data": [{"id": "echo", "object": "model"}]}
                     writer.write(
                         _response("200 OK", "application/json", json.dumps(models).encode())
                     )
                 else:
-                    writer.write(_answer(path, json.loads(body or b"{}")))
+                    error = {"error": {"message": "not found", "type": "invalid_request_error"}}
+                    writer.write(
+                        _response("404 Not Found", "application/json", json.dumps(error).encode())
+                    )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass

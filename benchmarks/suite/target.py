@@ -91,6 +91,17 @@ async def describe(client: Client) -> tuple[Endpoint, Hardware]:
     return endpoint, hardware
 
 
+def describe_model_file(endpoint: Endpoint, path: Path) -> None:
+    """Fill in sha256 and quantization from the model file a non-Cellar server loaded (Cellar
+    reports them itself); raises OSError or StoreError for what is not a model."""
+    from cellar.fingerprint import artifact_quantization
+    from cellar.store import sha256_file, sha256_tree, sniff_format
+
+    fmt = sniff_format(path)
+    endpoint.model_sha256 = sha256_tree(path) if path.is_dir() else sha256_file(path)
+    endpoint.quantization = artifact_quantization(path, fmt)
+
+
 async def measure_cold(client: Client, runs: int, warm_runs: int = 3) -> ColdStart:
     """Unload the model through Cellar's admin API, then time the first token of a request
     (load + warm-up + first token); then the TTFT of the same request warm."""
