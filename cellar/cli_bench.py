@@ -167,8 +167,10 @@ def _self_check_only() -> None:
     console.print(
         f"generator self-check: TTFT added at concurrency 1: p50 {figures.ttft_p50_ms:.2f} ms, "
         f"p99 {figures.ttft_p99_ms:.2f} ms; capacity {figures.max_request_rate:,.0f} requests/s "
-        f"(at concurrency {figures.concurrency_at_max}); Poisson pacing at half that rate "
-        f"achieved {figures.rate_accuracy or 0:.1%} of the offered rate",
+        f"(at concurrency {figures.concurrency_at_max}); Poisson arrivals at "
+        f"{figures.paced_rate or 0:,.0f} requests/s: {figures.rate_accuracy or 0:.1%} of the "
+        f"offered rate achieved, TTFT p50 {figures.paced_ttft_p50_ms or 0:.2f} ms, "
+        f"p99 {figures.paced_ttft_p99_ms or 0:.2f} ms",
         highlight=False,
     )
 

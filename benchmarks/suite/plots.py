@@ -40,20 +40,24 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _throughput(ax: Axes, mode: Mode, levels: list[Level]) -> None:
+    """Output and total tokens/s; each point labelled with its completed requests/s."""
     xs = [lv.value for lv in levels]
-    tokens = [lv.metrics.output_throughput for lv in levels if lv.metrics]
-    requests = [lv.metrics.request_throughput for lv in levels if lv.metrics]
-    ax.plot(xs, tokens, "o-", color="tab:blue", label="output tokens/s")
+    done = [lv.metrics for lv in levels if lv.metrics is not None]
+    ax.plot(xs, [m.output_throughput for m in done], "o-", label="output tokens/s")
+    ax.plot(xs, [m.total_token_throughput for m in done], "s--", label="prompt + output tokens/s")
+    for x, m in zip(xs, done, strict=True):
+        ax.annotate(
+            f"{m.request_throughput:.2f} req/s",
+            (x, m.output_throughput),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
     ax.set_xlabel(X_LABELS[mode])
-    ax.set_ylabel("output throughput (tokens/s)", color="tab:blue")
+    ax.set_ylabel("throughput (tokens/s)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    twin = ax.twinx()
-    twin.plot(xs, requests, "s--", color="tab:orange", label="requests/s")
-    twin.set_ylabel("request throughput (requests/s)", color="tab:orange")
-    twin.set_ylim(bottom=0)
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [str(h.get_label()) for h in handles], loc="upper left")
+    ax.legend(loc="upper left")
 
 
 def _percentiles(ax: Axes, mode: Mode, levels: list[Level], metric: str, title: str) -> None:

@@ -95,7 +95,7 @@ class Level(_Model):
     def label(self) -> str:
         if self.mode == "concurrency":
             return f"c={self.value:g}"
-        return f"{self.value:.3g} req/s"
+        return f"Poisson {self.value:.3g}/s"
 
 
 class SelfCheck(_Model):
@@ -108,6 +108,9 @@ class SelfCheck(_Model):
     rate_accuracy: float | None = Field(
         None, description="Achieved / offered request rate in an open-loop test."
     )
+    paced_rate: float | None = Field(None, description="Offered rate of that test (half capacity).")
+    paced_ttft_p50_ms: float | None = Field(None, description="TTFT under that load.")
+    paced_ttft_p99_ms: float | None = None
 
 
 class ColdStart(_Model):

@@ -212,7 +212,13 @@ def markdown(run: Run, images: list[Path]) -> str:
             "",
             f"Against a local endpoint that answers at once: TTFT p50 {g.ttft_p50_ms:.2f} ms, "
             f"p99 {g.ttft_p99_ms:.2f} ms (an upper bound on what it adds); it drives "
-            f"{g.max_request_rate:,.0f} requests/s{verdict}.",
+            f"{g.max_request_rate:,.0f} requests/s{verdict}."
+            + (
+                f" With Poisson arrivals at {g.paced_rate:,.0f} requests/s its TTFT is p50 "
+                f"{g.paced_ttft_p50_ms:.2f} ms, p99 {g.paced_ttft_p99_ms:.2f} ms."
+                if g.paced_rate and g.paced_ttft_p50_ms and g.paced_ttft_p99_ms
+                else ""
+            ),
         ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"

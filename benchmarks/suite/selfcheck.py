@@ -3,7 +3,8 @@
 - Added TTFT: p50 and p99 of the TTFT it measures at concurrency 1 against a server that
   answers at once; that is an upper bound on what it adds to any server's TTFT.
 - Capacity: the most completed requests/s it drives in closed loop (concurrency 16, 64, 256).
-- Rate accuracy: achieved / offered rate with Poisson arrivals at half that capacity.
+- Rate accuracy: achieved / offered rate with Poisson arrivals at half that capacity, and the
+  TTFT measured under that load (what the generator adds when it is busy).
 """
 
 from __future__ import annotations
@@ -93,4 +94,7 @@ async def measure(base_url: str, quick: bool = False) -> SelfCheck:
         max_request_rate=best_rate,
         concurrency_at_max=best_concurrency,
         rate_accuracy=paced.metrics.request_throughput / offered if offered else None,
+        paced_rate=offered,
+        paced_ttft_p50_ms=paced.metrics.ttft_ms.median,
+        paced_ttft_p99_ms=paced.metrics.ttft_ms.p99,
     )

