@@ -10,6 +10,7 @@ import typer
 
 from cellar.cli_bench import bench_app
 from cellar.cli_common import ConfigOpt, console, fail
+from cellar.cli_keys import keys_app
 from cellar.cli_models import models_app
 from cellar.config import config_json_schema, config_path, load_config
 from cellar.errors import ConfigError
@@ -22,6 +23,7 @@ config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()

@@ -30,7 +30,7 @@ from rich.table import Table as RichTable
 from benchmarks.suite.bench import Options
 from benchmarks.suite.record import Level, RequestResult, Run
 from cellar.cli_common import console, err, fail
-from cellar.config import parse_duration
+from cellar.config_types import parse_duration
 
 bench_app = typer.Typer(
     help="Benchmark an OpenAI-compatible endpoint (Cellar's or any other); compare runs.",

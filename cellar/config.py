@@ -7,14 +7,22 @@ A bad config never gets past `load_config`: the ConfigError it raises names the 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from cellar.config_access import (
+    AuditSettings,
+    AuthSettings,
+    CanarySettings,
+    GoldenPrompt,
+    LimitSettings,
+    TlsSettings,
+)
+from cellar.config_types import Duration, Size, Strict
 from cellar.errors import ConfigError
 
 ENV_CONFIG = "CELLAR_CONFIG"
@@ -24,50 +32,7 @@ ENV_STORE = "CELLAR_STORE"
 DEFAULT_CONFIG = Path("configs/default.yaml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from 123, "512MiB", "8GB"..."""
-    if isinstance(value, int):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB or 8GB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def parse_duration(value: int | float | str) -> float:
-    """Seconds from 30, "2s", "15m", "1h"; -1 (or "-1") means forever."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, or -1 for never)")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
-
-
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class ServerSettings(_Strict):
+class ServerSettings(Strict):
     """Where the gateway listens and how it logs."""
 
     host: str = Field("127.0.0.1", description="Address to bind. Loopback unless told otherwise.")
@@ -86,9 +51,10 @@ class ServerSettings(_Strict):
     load_timeout_s: float = Field(
         600, gt=0, description="How long a request waits for its model to load."
     )
+    tls: TlsSettings | None = Field(None, description="Serve HTTPS with this certificate.")
 
 
-class StoreSettings(_Strict):
+class StoreSettings(Strict):
     """The local model store."""
 
     path: Path | None = Field(
@@ -97,7 +63,7 @@ class StoreSettings(_Strict):
     )
 
 
-class LlamaCppSettings(_Strict):
+class LlamaCppSettings(Strict):
     """Settings of a llama.cpp worker (llama-cpp-python)."""
 
     n_ctx: int = Field(
@@ -124,7 +90,7 @@ class LlamaCppSettings(_Strict):
         return value
 
 
-class VllmSettings(_Strict):
+class VllmSettings(Strict):
     """Settings of a vLLM worker (vLLM's own OpenAI server, started by the gateway)."""
 
     python: Path | None = Field(
@@ -187,7 +153,7 @@ DEFAULT_WARMUP_PROMPTS = (
 )
 
 
-class WarmupSettings(_Strict):
+class WarmupSettings(Strict):
     """Requests run before a model counts as ready, so the first real one is not the slow one."""
 
     enabled: bool = Field(True, description="Run warm-up prompts after loading.")
@@ -198,7 +164,7 @@ class WarmupSettings(_Strict):
     max_tokens: int = Field(16, ge=1, description="Tokens generated per warm-up prompt.")
 
 
-class ModelDeployment(_Strict):
+class ModelDeployment(Strict):
     """One model served by the gateway under `name`."""
 
     name: str = Field(
@@ -246,9 +212,18 @@ class ModelDeployment(_Strict):
     memory_estimate: Size | None = Field(
         None, description="Override the estimated RAM of this model (e.g. 2GiB)."
     )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most completion tokens one request may ask for (more: 400); also the "
+        "default when a request sets none.",
+    )
+    canary: list[GoldenPrompt] = Field(
+        default_factory=list, description="Golden prompts the canary checks (see `canary:`)."
+    )
 
 
-class CellarConfig(_Strict):
+class CellarConfig(Strict):
     """A whole Cellar configuration file."""
 
     server: ServerSettings = Field(default_factory=ServerSettings, description="Gateway.")
@@ -256,6 +231,10 @@ class CellarConfig(_Strict):
     models: list[ModelDeployment] = Field(
         default_factory=list, description="The model deployments this gateway serves."
     )
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Request limits.")
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log.")
+    canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary checks.")
 
     @field_validator("models")
     @classmethod

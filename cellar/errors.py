@@ -105,6 +105,60 @@ class Overloaded(CellarError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class InvalidApiKey(CellarError):
+    """No key, or one that is wrong, expired or revoked (401)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class ModelNotAllowed(CellarError):
+    """The key may not use this model (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class PermissionDenied(CellarError):
+    """The key's role may not call this route (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RequestTooLarge(CellarError):
+    """The request body is bigger than `limits.max_body` (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RequestTimeout(CellarError):
+    """The request took longer than `limits.request_timeout` (504)."""
+
+    status = 504
+    type = "server_error"
+    code = "timeout"
+
+
+class RateLimited(Overloaded):
+    """The key went over its requests or tokens per minute (429 with x-ratelimit-* headers)."""
+
+    def __init__(self, message: str, *, retry_after_s: int, limit_headers: dict[str, str]) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.limit_headers = limit_headers
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.limit_headers}
+
+
 class ConfigError(Exception):
     """A configuration file is invalid; the message names the file, the key and the reason."""
 

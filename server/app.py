@@ -5,14 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI
 
 from cellar import __version__
+from cellar.config_access import LimitSettings
 from cellar.deployments import ResolvedDeployment
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
+from server.audit import AuditLog, AuditMiddleware
+from server.auth import Authenticator
+from server.bodylimit import BodyLimit
 from server.deployment import Limits
 from server.metrics import Metrics
 from server.proxy import Proxy, new_session
@@ -21,12 +26,23 @@ from server.service import CompletionService
 from server.supervisor import Estimator, Launcher, Supervisor
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may call, within which limits, and the record of what they did."""
+
+    auth: Authenticator
+    limits: LimitSettings
+    audit: AuditLog | None
+    log_content: bool = False
+
+
 def create_app(
     deployments: list[ResolvedDeployment],
     store: ModelStore,
     launcher: Launcher,
     estimator: Estimator,
     limits: Limits,
+    access: Access,
 ) -> FastAPI:
     """The gateway app; its workers start with the app and stop with it."""
 
@@ -43,16 +59,27 @@ def create_app(
             app.state.started_at = time.time()
             session = new_session()
             proxy = Proxy(session, metrics)
-            app.state.completions = CompletionService(supervisor, proxy, metrics)
+            app.state.completions = CompletionService(
+                supervisor,
+                proxy,
+                metrics,
+                request_timeout_s=access.limits.request_timeout,
+                log_content=access.log_content,
+            )
             supervisor.start()
             try:
                 yield
             finally:
                 await supervisor.stop_all()
                 await session.close()
+                if access.audit is not None:
+                    access.audit.close()
 
     app = FastAPI(title="Cellar", version=__version__, lifespan=lifespan)
+    app.state.auth = access.auth
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=access.limits.max_body)
+    app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal
     app.include_router(openai.router)
     app.include_router(ops.router)
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cellar.config import parse_duration
+from cellar.config_types import parse_duration
 from cellar.deployments import ResolvedDeployment
 from engines.base import Engine
 from server.admission import Admission

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -9,10 +10,14 @@ from pathlib import Path
 import uvicorn
 
 from cellar.config import CellarConfig, load_config
+from cellar.errors import ConfigError
+from cellar.keys import default_keys_path
 from cellar.store import store_for
 from engines.choice import resolve_here
 from engines.launch import ProcessLauncher, memory_estimate
-from server.app import create_app
+from server.app import Access, create_app
+from server.audit import AuditLog, default_audit_path
+from server.auth import Authenticator
 from server.deployment import Limits
 
 log = logging.getLogger("cellar.server")
@@ -33,6 +38,64 @@ def limits_of(config: CellarConfig) -> Limits:
     return Limits(budget, server.keep_alive, server.load_timeout_s)
 
 
+def _beside(config_file: Path, path: Path | None) -> Path | None:
+    """A path from the config, relative to the config file's directory."""
+    if path is None:
+        return None
+    return path if path.is_absolute() else config_file.parent / path
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def access_of(config: CellarConfig, config_file: Path) -> Access:
+    """Keys, limits and the audit log; refuses an open gateway beyond loopback."""
+    keys = _beside(config_file, config.auth.keys_file) or default_keys_path()
+    auth = Authenticator(config.auth, keys)
+    host = config.server.host
+    if config.auth.mode == "auto" and not auth.has_keys and not is_loopback(host):
+        raise ConfigError(
+            f"{config_file}: refusing to listen on {host} with no API keys: anyone who can "
+            f"reach it could use every model. Create a key with `cellar keys create --name "
+            f"ADMIN --role admin` (stored in {keys}), or, on a network you trust, set "
+            f"`auth: {{mode: none}}` in {config_file}."
+        )
+    if config.auth.mode == "none" and not is_loopback(host):
+        log.warning(
+            "auth.mode is none: anyone who can reach %s:%d may use it", host, config.server.port
+        )
+    audit = None
+    if config.audit.enabled:
+        path = _beside(config_file, config.audit.path) or default_audit_path()
+        audit = AuditLog(config.audit, path)
+        log.info(
+            "audit log: %s%s",
+            path,
+            " (with prompt and response text)" if config.audit.log_content else "",
+        )
+    return Access(auth, config.limits, audit, config.audit.log_content)
+
+
+def tls_of(config: CellarConfig, config_file: Path) -> dict[str, str]:
+    tls = config.server.tls
+    if tls is None:
+        return {}
+    files = {}
+    for key in ("certfile", "keyfile"):
+        path = _beside(config_file, getattr(tls, key))
+        assert path is not None
+        if not path.is_file():
+            raise ConfigError(f"{config_file}: server.tls.{key}: {path} does not exist")
+        files[f"ssl_{key}"] = str(path)
+    return files
+
+
 def serve(config_file: Path) -> None:
     """Validate the config (raises ConfigError naming file and key), then serve until stopped."""
     config = load_config(config_file)
@@ -48,12 +111,16 @@ def serve(config_file: Path) -> None:
         )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied call is noise
     limits = limits_of(config)
-    app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits)
+    tls = tls_of(config, config_file)
+    access = access_of(config, config_file)
+    app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits, access)
     log.info(
-        "serving %d model(s) on http://%s:%d",
+        "serving %d model(s) on %s://%s:%d (API keys %s)",
         len(deployments),
+        "https" if tls else "http",
         config.server.host,
         config.server.port,
+        "required" if access.auth.required else "not required",
     )
     uvicorn.run(
         app,
@@ -61,4 +128,5 @@ def serve(config_file: Path) -> None:
         port=config.server.port,
         log_level=level,
         timeout_graceful_shutdown=10,
+        **tls,  # type: ignore[arg-type]
     )

@@ -9,19 +9,21 @@ The upstream client is aiohttp: per request it costs about half of httpx's CPU t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import CellarError, EngineFailed, EngineUnavailable
+from cellar.errors import CellarError, EngineFailed, EngineUnavailable, RequestTimeout
 from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
 from engines.base import Engine
+from server.audit import AuditEntry
 from server.metrics import Metrics
 from server.upstream import normalize_error
 
@@ -58,6 +60,45 @@ def usage_of(event: bytes) -> UsageEvent | None:
 
 
 @dataclass
+class Tap:
+    """What the proxy reports about one request as it happens (audit log, token settlement)."""
+
+    entry: AuditEntry | None = None
+    capture: bool = False
+    """Collect the answer's text (only with `audit.log_content`)."""
+    on_usage: Callable[[dict[str, Any]], None] | None = None
+    text: list[str] = field(default_factory=list)
+
+    def first_event(self, ttft_s: float) -> None:
+        if self.entry is not None:
+            self.entry.ttft_ms = round(ttft_s * 1000, 2)
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        if self.entry is not None:
+            self.entry.prompt_tokens = usage.get("prompt_tokens")
+            self.entry.completion_tokens = usage.get("completion_tokens")
+        if self.on_usage is not None:
+            self.on_usage(usage)
+
+    def failed(self, error: CellarError) -> None:
+        if self.entry is not None:
+            self.entry.outcome, self.entry.error = error.status, error.code
+
+    def collect(self, payload: dict[str, Any]) -> None:
+        """Text of one event or answer (chat deltas or messages, or completion text)."""
+        for choice in payload.get("choices") or []:
+            part = choice.get("delta") or choice.get("message") or {}
+            piece = part.get("content") if isinstance(part, dict) else None
+            piece = piece if piece is not None else choice.get("text")
+            if isinstance(piece, str):
+                self.text.append(piece)
+
+    def finish(self) -> None:
+        if self.capture and self.entry is not None:
+            self.entry.response = "".join(self.text)
+
+
+@dataclass
 class Call:
     """One proxied request: where it goes and what the client asked for."""
 
@@ -69,6 +110,9 @@ class Call:
     started: float
     on_done: Callable[[], None]
     """Called exactly once when the answer is complete or abandoned (releases the turn)."""
+    tap: Tap = field(default_factory=Tap)
+    deadline: float | None = None
+    """Event-loop time by which the answer must be complete (`limits.request_timeout`)."""
 
     @property
     def prompt_param(self) -> str:
@@ -92,6 +136,10 @@ def new_session() -> aiohttp.ClientSession:
 
 def _body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _timeout(call: Call) -> RequestTimeout:
+    return RequestTimeout(f"The request to model {call.model!r} took longer than allowed.")
 
 
 def _failure(call: Call, exc: BaseException) -> CellarError:
@@ -127,7 +175,10 @@ class Proxy:
     async def _unary(self, request: Request, call: Call) -> Response:
         url = call.engine.base_url + call.path
         try:
-            status, body = await unless_disconnected(request, self._post(url, call.payload))
+            async with asyncio.timeout_at(call.deadline):
+                status, body = await unless_disconnected(request, self._post(url, call.payload))
+        except TimeoutError:
+            raise _timeout(call) from None
         except ClientDisconnected:
             self._metrics.record(call.model, STATUS_CLIENT_GONE, time.monotonic() - call.started)
             raise
@@ -135,7 +186,14 @@ class Proxy:
             raise _failure(call, exc) from None
         if status != 200:
             return self._error(call, status, body)
-        self._metrics.record_usage(call.model, json.loads(body).get("usage"))
+        answer = json.loads(body)
+        usage = answer.get("usage")
+        self._metrics.record_usage(call.model, usage)
+        if isinstance(usage, dict):
+            call.tap.usage(usage)
+        if call.tap.capture:
+            call.tap.collect(answer)
+            call.tap.finish()
         self._metrics.record(call.model, 200, time.monotonic() - call.started)
         return Response(body, 200, media_type="application/json")
 
@@ -180,28 +238,49 @@ class Proxy:
     ) -> AsyncIterator[bytes]:
         buffer, first, done = b"", True, False
         try:
-            async for chunk in upstream.content.iter_any():
-                buffer += chunk
-                while (end := buffer.find(_EVENT_END)) >= 0:
-                    event, buffer = buffer[: end + 2], buffer[end + 2 :]
-                    if event.startswith(_DONE_PREFIX):
-                        done = True
-                        continue
-                    if first:
-                        self._metrics.ttft.labels(call.model).observe(
-                            time.monotonic() - call.started
-                        )
-                        first = False
-                    counted = usage_of(event)
-                    if counted is not None:
-                        self._metrics.record_usage(call.model, counted.usage)
-                        if counted.only_usage and not call.client_wants_usage:
+            async with asyncio.timeout_at(call.deadline):
+                async for chunk in upstream.content.iter_any():
+                    buffer += chunk
+                    while (end := buffer.find(_EVENT_END)) >= 0:
+                        event, buffer = buffer[: end + 2], buffer[end + 2 :]
+                        if event.startswith(_DONE_PREFIX):
+                            done = True
                             continue
-                    yield event
+                        if first:
+                            ttft = time.monotonic() - call.started
+                            self._metrics.ttft.labels(call.model).observe(ttft)
+                            call.tap.first_event(ttft)
+                            first = False
+                        counted = usage_of(event)
+                        if counted is not None:
+                            self._metrics.record_usage(call.model, counted.usage)
+                            call.tap.usage(counted.usage)
+                            if counted.only_usage and not call.client_wants_usage:
+                                continue
+                        if call.tap.capture:
+                            _collect_event(call.tap, event)
+                        yield event
+        except TimeoutError:
+            raise self._broke(call, outcome, _timeout(call)) from None
         except UpstreamError as exc:
-            outcome["status"] = EngineFailed.status
-            raise _failure(call, exc) from None
+            raise self._broke(call, outcome, _failure(call, exc)) from None
         if not done:
-            outcome["status"] = EngineFailed.status
-            raise EngineFailed(f"the worker for model {call.model!r} ended the stream early")
+            error = EngineFailed(f"the worker for model {call.model!r} ended the stream early")
+            raise self._broke(call, outcome, error)
         outcome["status"] = 200
+        call.tap.finish()
+
+    @staticmethod
+    def _broke(call: Call, outcome: dict[str, int], error: CellarError) -> CellarError:
+        outcome["status"] = error.status
+        call.tap.failed(error)
+        return error
+
+
+def _collect_event(tap: Tap, event: bytes) -> None:
+    try:
+        payload = json.loads(event.removeprefix(b"data:").strip())
+    except ValueError:
+        return
+    if isinstance(payload, dict):
+        tap.collect(payload)

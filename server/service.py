@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import CellarError, ContextLengthExceeded
+from cellar.errors import CellarError, ContextLengthExceeded, RequestTimeout
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import unless_disconnected
+from server.audit import AuditEntry
+from server.auth import OPEN, Principal
 from server.metrics import Metrics
-from server.proxy import Call, Proxy, WorkerUnreachable
+from server.policy import Body, apply_token_cap, estimate_tokens, prompt_content
+from server.proxy import Call, Proxy, Tap, WorkerUnreachable
+from server.ratelimit import Grant, RateLimiter
 from server.supervisor import Supervisor
 
 CHAT_PATH = "/v1/chat/completions"
@@ -36,37 +41,80 @@ def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | No
     )
 
 
+def _entry(request: Request) -> AuditEntry | None:
+    entry = getattr(request.state, "audit", None)
+    return entry if isinstance(entry, AuditEntry) else None
+
+
 class CompletionService:
-    def __init__(self, supervisor: Supervisor, proxy: Proxy, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        proxy: Proxy,
+        metrics: Metrics,
+        *,
+        limiter: RateLimiter | None = None,
+        request_timeout_s: float | None = None,
+        log_content: bool = False,
+    ) -> None:
         self.supervisor = supervisor
         self.proxy = proxy
         self.metrics = metrics
+        self.limiter = limiter or RateLimiter()
+        self.request_timeout_s = request_timeout_s
+        self.log_content = log_content
 
-    async def complete(
-        self, request: Request, path: str, body: ChatCompletionRequest | CompletionRequest
-    ) -> Response:
+    async def complete(self, request: Request, path: str, body: Body) -> Response:
         started = time.monotonic()
+        principal: Principal = getattr(request.state, "principal", OPEN)
+        entry = _entry(request)
+        if entry is not None:
+            entry.model, entry.stream = body.model, body.stream
+            if self.log_content:
+                entry.prompt = prompt_content(body)
+        principal.check_model(body.model)  # 403 first: a key learns nothing of other models
         deployment = self.supervisor.get(body.model)  # unknown models: 404 before anything else
         try:
             body.check_supported()
+            apply_token_cap(body, deployment.resolved.spec.max_tokens)
             check_room(body, deployment.context_window)
+            grant = self.limiter.admit(principal, estimate_tokens(body))
+            tap = self._tap(entry, grant)
             try:
-                return await self._attempt(request, path, body, started)
+                response = await self._attempt(request, path, body, started, tap)
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
-                return await self._attempt(request, path, body, started)
+                response = await self._attempt(request, path, body, started, tap)
         except CellarError as exc:
             self.metrics.record(body.model, exc.status, time.monotonic() - started)
             raise
+        response.headers.update(grant.headers)
+        return response
+
+    def _tap(self, entry: AuditEntry | None, grant: Grant) -> Tap:
+        def settle(usage: dict[str, object]) -> None:
+            total = usage.get("total_tokens")
+            self.limiter.settle(grant, total if isinstance(total, int) else None)
+
+        return Tap(entry=entry, capture=self.log_content and entry is not None, on_usage=settle)
+
+    def _deadline(self, started: float) -> float | None:
+        if self.request_timeout_s is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.time() + self.request_timeout_s - (time.monotonic() - started)
 
     async def _attempt(
-        self,
-        request: Request,
-        path: str,
-        body: ChatCompletionRequest | CompletionRequest,
-        started: float,
+        self, request: Request, path: str, body: Body, started: float, tap: Tap
     ) -> Response:
-        lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
+        deadline = self._deadline(started)
+        try:
+            async with asyncio.timeout_at(deadline):
+                lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request waited longer than allowed for model {body.model!r}."
+            ) from None
         try:
             payload = lease.engine.prepare(path, body.model_dump(exclude_unset=True, by_alias=True))
         except BaseException:
@@ -80,6 +128,8 @@ class CompletionService:
             client_wants_usage=body.wants_usage_in_stream(),
             started=started,
             on_done=lease.release,
+            tap=tap,
+            deadline=deadline,
         )
         try:
             return await self.proxy.forward(request, call)

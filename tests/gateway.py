@@ -70,17 +70,22 @@ class Gateway:
     base_url: str
     process: subprocess.Popen[bytes]
     log: Path
+    admin_key: str | None = None
+    """Sent on every call of `client()` and `http()` (when the gateway requires keys)."""
 
     @cached_property
     def _client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0)
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1", api_key=self.admin_key or "x", max_retries=0
+        )
 
     def client(self) -> openai.OpenAI:
         """The official SDK, pointed at this gateway (one client, closed with the gateway)."""
         return self._client
 
     def http(self, timeout: float = 120) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
+        return httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
 
     def admin_models(self) -> dict[str, dict[str, Any]]:
         with self.http() as http:
@@ -97,12 +102,18 @@ def write_config(
     port: int,
     models: list[dict[str, Any]],
     server: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> Path:
-    config = {
+    """A config beside `path`; its key file and audit log live there too (never the user's)."""
+    config: dict[str, Any] = {
         "server": {"port": port, **(server or {})},
         "store": {"path": str(store)},
         "models": models,
+        "auth": {"keys_file": str(path.parent / "keys.json")},
+        "audit": {"path": str(path.parent / "audit" / "audit.jsonl")},
     }
+    for name, section in (sections or {}).items():
+        config[name] = {**config.get(name, {}), **section}
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -129,10 +140,14 @@ def start_gateway(
     store: Path,
     models: list[dict[str, Any]] | None = None,
     server: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
+    admin_key: str | None = None,
 ) -> Iterator[Gateway]:
     """A `cellar serve` process on a free loopback port; stopped (with its workers) after."""
     port = free_port()
-    config = write_config(work / "cellar.yaml", store, port, models or default_models(), server)
+    config = write_config(
+        work / "cellar.yaml", store, port, models or default_models(), server, sections
+    )
     log = work / "gateway.log"
     env = {**os.environ, "CELLAR_STORE": str(store)}
     with log.open("wb") as sink:
@@ -142,7 +157,7 @@ def start_gateway(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    gw = Gateway(f"http://127.0.0.1:{port}", process, log)
+    gw = Gateway(f"http://127.0.0.1:{port}", process, log, admin_key)
     try:
         wait_settled(gw)
         yield gw

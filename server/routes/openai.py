@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from server.auth import OPEN, Principal, require_key
 from server.service import CHAT_PATH, COMPLETIONS_PATH, CompletionService
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_key)])
 
 
 def _service(request: Request) -> CompletionService:
@@ -22,9 +23,11 @@ def _service(request: Request) -> CompletionService:
 async def list_models(request: Request) -> dict[str, Any]:
     service = _service(request)
     created = int(request.app.state.started_at)
+    principal: Principal = getattr(request.state, "principal", OPEN)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "cellar"}
         for name in service.supervisor.names
+        if principal.models is None or name in principal.models
     ]
     return {"object": "list", "data": data}
 
@@ -32,6 +35,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
     service = _service(request)
+    principal: Principal = getattr(request.state, "principal", OPEN)
+    principal.check_model(model)
     service.supervisor.get(model)
     created = int(request.app.state.started_at)
     return {"id": model, "object": "model", "created": created, "owned_by": "cellar"}

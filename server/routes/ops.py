@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engines.launch import engine_name
+from server.auth import health_access, metrics_access, require_admin
 from server.service import CompletionService
 from server.system import system_report
 
@@ -21,13 +22,13 @@ def _service(request: Request) -> CompletionService:
     return service
 
 
-@router.get("/health/live")
+@router.get("/health/live", dependencies=[Depends(health_access)])
 async def live() -> dict[str, str]:
     """The gateway process answers."""
     return {"status": "ok"}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", dependencies=[Depends(health_access)])
 async def ready(request: Request) -> JSONResponse:
     """200 only when every preloaded model is loaded and warmed up."""
     supervisor = _service(request).supervisor
@@ -36,20 +37,20 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     service = _service(request)
     await service.supervisor.refresh_load(request.app.state.http)
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/admin/models")
+@router.get("/admin/models", dependencies=[Depends(require_admin)])
 async def admin_models(request: Request) -> dict[str, Any]:
     supervisor = _service(request).supervisor
     return {"memory_budget_bytes": supervisor.budget_bytes, "models": supervisor.describe()}
 
 
-@router.get("/admin/system")
+@router.get("/admin/system", dependencies=[Depends(require_admin)])
 async def admin_system(request: Request) -> dict[str, Any]:
     """The machine, the serving software and each model's artifact (for benchmark records)."""
     supervisor = _service(request).supervisor
@@ -57,14 +58,14 @@ async def admin_system(request: Request) -> dict[str, Any]:
     return await asyncio.to_thread(system_report, resolved)
 
 
-@router.post("/admin/models/{name}/load")
+@router.post("/admin/models/{name}/load", dependencies=[Depends(require_admin)])
 async def admin_load(name: str, request: Request) -> dict[str, Any]:
     """Load now (clearing earlier failures); answers when ready or failed."""
     deployment = await _service(request).supervisor.load(name)
     return deployment.describe(engine_name(deployment.resolved))
 
 
-@router.post("/admin/models/{name}/unload")
+@router.post("/admin/models/{name}/unload", dependencies=[Depends(require_admin)])
 async def admin_unload(name: str, request: Request) -> dict[str, Any]:
     deployment = await _service(request).supervisor.unload(name)
     return deployment.describe(engine_name(deployment.resolved))

@@ -1,0 +1,114 @@
+"""Config sections for running Cellar where others can reach it: API keys, limits, the audit log,
+TLS, and canary checks (golden prompts run on a schedule)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from cellar.config_types import Duration, Size, Strict
+
+
+class AuthSettings(Strict):
+    """Who may call the gateway."""
+
+    mode: Literal["auto", "keys", "none"] = Field(
+        "auto",
+        description="`auto`: API keys are required as soon as the key file holds any key (a "
+        "revoked one included), and the gateway refuses to listen beyond loopback without keys; "
+        "`keys`: always required; `none`: never (an explicit choice for a closed network).",
+    )
+    keys_file: Path | None = Field(
+        None,
+        description="Key file (`cellar keys` writes it). Default: $CELLAR_KEYS, else "
+        "<user data dir>/cellar/keys.json.",
+    )
+    health: Literal["open", "key"] = Field(
+        "open", description="Whether /health/* needs a key (load balancers usually have none)."
+    )
+    metrics: Literal["open", "key", "admin"] = Field(
+        "key", description="What /metrics needs once keys are in use (Prometheus can send one)."
+    )
+
+
+class LimitSettings(Strict):
+    """Limits every request meets, whoever sends it (per-key rates are set on the key)."""
+
+    max_body: Size = Field(4 * 2**20, ge=1024, description="Largest request body (413 beyond).")
+    request_timeout: Duration = Field(
+        600, gt=0, description="Longest a request may take, queueing included (504 beyond)."
+    )
+
+
+class AuditSettings(Strict):
+    """One JSON line per request: who, which model, outcome, tokens, timings."""
+
+    enabled: bool = Field(True, description="Write the audit log.")
+    path: Path | None = Field(
+        None, description="Log file. Default: <user data dir>/cellar/audit/audit.jsonl."
+    )
+    log_content: bool = Field(
+        False, description="Also log prompt and response text (off: never written anywhere)."
+    )
+    max_bytes: Size = Field(100 * 2**20, ge=1024, description="Rotate when the file is this big.")
+    max_age: Duration = Field(86400, gt=0, description="Rotate when the file is this old.")
+    keep: int = Field(30, ge=1, description="Rotated files kept; older ones are deleted.")
+
+
+class TlsSettings(Strict):
+    """HTTPS for the gateway."""
+
+    certfile: Path = Field(..., description="PEM certificate (chain).")
+    keyfile: Path = Field(..., description="PEM private key.")
+
+
+class CanarySettings(Strict):
+    """Golden prompts (each model's `canary:`) run on a schedule; alerts after failures."""
+
+    interval: Duration | None = Field(
+        None, description="How often the gateway runs them (e.g. 24h); unset: only on demand."
+    )
+    failures_to_alert: int = Field(3, ge=1, description="Consecutive failures before an alert.")
+    webhook: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="URL that receives a JSON POST on alert and on recovery (Slack-style `text`).",
+    )
+    history: Path | None = Field(
+        None, description="CSV of every run. Default: <user data dir>/cellar/canary.csv."
+    )
+    timeout: Duration = Field(120, gt=0, description="Longest one golden prompt may take.")
+
+
+class GoldenPrompt(Strict):
+    """A prompt whose answer must match: the model still behaves."""
+
+    name: str | None = Field(None, description="Shown in history and alerts (default: #index).")
+    prompt: str | None = Field(None, description="A completion prompt.")
+    messages: list[dict[str, Any]] | None = Field(None, description="Or chat messages.")
+    max_tokens: int = Field(32, ge=1)
+    expect_regex: str | None = Field(None, description="The answer must match (re.search).")
+    expect_json_schema: dict[str, Any] | None = Field(
+        None, description="Or: the answer must be JSON valid against this schema."
+    )
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_each(self) -> GoldenPrompt:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of `prompt` or `messages`")
+        if (self.expect_regex is None) == (self.expect_json_schema is None):
+            raise ValueError("give exactly one of `expect_regex` or `expect_json_schema`")
+        return self

@@ -1,0 +1,180 @@
+"""The audit log: one JSON line per API request, refused ones included.
+
+An ASGI middleware wraps every /v1 and /admin request. Handlers fill in what only they know
+(the key's name, the model, token counts, TTFT; the text only with `audit.log_content`) on an
+`AuditEntry` in the request's state; the middleware adds the time, client address, status and
+error code, and hands the line to a writer thread, so the event loop never waits on the disk.
+Files rotate by size and age; the oldest rotated files beyond `keep` are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cellar.config_access import AuditSettings
+
+log = logging.getLogger("cellar.audit")
+
+AUDITED = ("/v1/", "/admin/")
+_ERROR_BODY_MAX = 8192
+ROTATED_GLOB = "*.jsonl"
+
+
+@dataclass
+class AuditEntry:
+    key: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    stream: bool | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    outcome: int | None = None
+    """Set when a stream fails after its 200 was sent (the status the client could not see)."""
+    error: str | None = None
+    prompt: Any = None
+    response: str | None = None
+
+
+class AuditLog:
+    """Appends lines from a background thread; rotates by size and age."""
+
+    def __init__(self, settings: AuditSettings, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._opened = self._age_origin()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def _age_origin(self) -> float:
+        try:
+            with self.path.open("rb") as handle:
+                first = handle.readline()
+            return datetime.fromisoformat(json.loads(first)["time"]).timestamp()
+        except (OSError, ValueError, KeyError):
+            return time.time()
+
+    def write(self, line: dict[str, Any]) -> None:
+        self._queue.put(line)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        handle = self.path.open("a", encoding="utf-8")
+        try:
+            while True:
+                line = self._queue.get()
+                if line is None:
+                    return
+                if self._due(handle.tell()):
+                    handle.close()
+                    self._rotate()
+                    handle = self.path.open("a", encoding="utf-8")
+                handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+                if self._queue.empty():
+                    handle.flush()
+        except OSError as exc:
+            log.error("audit log %s: %s; audit lines are being lost", self.path, exc)
+        finally:
+            handle.close()
+
+    def _due(self, size: int) -> bool:
+        if size == 0:
+            self._opened = time.time()
+            return False
+        too_old = time.time() - self._opened >= self.settings.max_age
+        return size >= self.settings.max_bytes or too_old
+
+    def _rotate(self) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
+        self._opened = time.time()
+        rotated = sorted(p for p in rotated_files(self.path) if p != self.path)
+        for old in rotated[: max(0, len(rotated) - self.settings.keep)]:
+            old.unlink(missing_ok=True)
+
+
+def default_audit_path() -> Path:
+    return Path(platformdirs.user_data_dir("cellar")) / "audit" / "audit.jsonl"
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """The log and its rotated files, oldest first (the current file last)."""
+    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
+    return rotated + ([path] if path.exists() else [])
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+
+
+class AuditMiddleware:
+    """Pure ASGI, so streamed answers pass through untouched."""
+
+    def __init__(self, app: ASGIApp, audit: AuditLog | None) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if self.audit is None or scope["type"] != "http" or not path.startswith(AUDITED):
+            await self.app(scope, receive, send)
+            return
+        entry = AuditEntry()
+        scope.setdefault("state", {})["audit"] = entry
+        started = time.time()
+        status = {"code": 500}
+        error_body = bytearray()
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and status["code"] >= 400:
+                error_body.extend(message.get("body", b"")[: _ERROR_BODY_MAX - len(error_body)])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            self.audit.write(self._line(scope, entry, started, status["code"], bytes(error_body)))
+
+    def _line(
+        self, scope: Scope, entry: AuditEntry, started: float, status: int, error: bytes
+    ) -> dict[str, Any]:
+        client = scope.get("client")
+        fields = asdict(entry)
+        outcome, failure = fields.pop("outcome"), fields.pop("error")
+        prompt, response = fields.pop("prompt"), fields.pop("response")
+        line = {
+            "time": datetime.fromtimestamp(started, UTC).isoformat(),
+            "client": client[0] if client else None,
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": outcome or status,
+            "error": failure or (_error_code(error) if error else None),
+            **fields,
+            "latency_ms": round((time.time() - started) * 1000, 2),
+        }
+        if self.audit is not None and self.audit.settings.log_content:
+            line["prompt"], line["response"] = prompt, response
+        return line

@@ -1,0 +1,167 @@
+"""Who is calling: the API key in `Authorization: Bearer`, checked against the key file.
+
+The key file is re-read when it changes on disk (checked with one stat per request), so
+`cellar keys create` and `revoke` apply to a running gateway at once. A key whose secret has
+passed scrypt once is remembered by a SHA-256 of the secret, so only a key's first request pays
+for scrypt; an unknown key id is refused without hashing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import Request
+
+from cellar.config_access import AuthSettings
+from cellar.errors import ConfigError, InvalidApiKey, ModelNotAllowed, PermissionDenied
+from cellar.keys import KeyFile, KeyRecord, KeysError, Role, check_secret, split_key
+
+log = logging.getLogger("cellar.auth")
+
+MISSING = (
+    "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+    "(Authorization: Bearer YOUR_KEY); `cellar keys create` makes one."
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request."""
+
+    name: str
+    role: Role
+    models: frozenset[str] | None
+    rpm: int | None = None
+    tpm: int | None = None
+    key_id: str | None = None
+
+    def check_model(self, model: str) -> None:
+        if self.models is not None and model not in self.models:
+            raise ModelNotAllowed(
+                f"The API key {self.name!r} may not use the model `{model}`.", param="model"
+            )
+
+
+OPEN = Principal(name="-", role="admin", models=None)
+"""The caller when keys are not in use."""
+
+
+def _principal(record: KeyRecord) -> Principal:
+    models = frozenset(record.models) if record.models is not None else None
+    return Principal(record.name, record.role, models, record.rpm, record.tpm, record.id)
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings, path: Path) -> None:
+        self.settings = settings
+        self.path = path
+        self._file = KeyFile(path)
+        self._records: dict[str, KeyRecord] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked: dict[str, bytes] = {}
+        try:
+            self._reload()
+        except KeysError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def required(self) -> bool:
+        if self.settings.mode == "none":
+            return False
+        return self.settings.mode == "keys" or bool(self._records)
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._records)
+
+    def _reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return
+        records = self._file.load()
+        self._records = {r.id: r for r in records}
+        self._checked.clear()
+        self._stamp = stamp
+        log.info("API keys: %d in %s", len(records), self.path)
+
+    def refresh(self) -> None:
+        """Pick up changes to the key file; a broken file keeps the keys loaded before."""
+        try:
+            self._reload()
+        except KeysError as exc:
+            log.error("%s; keeping the %d keys loaded before", exc, len(self._records))
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        self.refresh()
+        if not self.required:
+            return OPEN
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise InvalidApiKey(MISSING)
+        key = authorization[7:].strip()
+        parts = split_key(key)
+        record = self._records.get(parts[0]) if parts else None
+        if parts is None or record is None:
+            raise InvalidApiKey("Incorrect API key provided.")
+        state = record.state(datetime.now(UTC))
+        if state != "active":
+            raise InvalidApiKey(f"The API key {record.name!r} has been {state}.")
+        fingerprint = hashlib.sha256(parts[1].encode()).digest()
+        if self._checked.get(record.id) != fingerprint:
+            if not await asyncio.to_thread(check_secret, record, parts[1]):
+                raise InvalidApiKey("Incorrect API key provided.")
+            self._checked[record.id] = fingerprint
+        return _principal(record)
+
+
+def _authenticator(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+async def require_key(request: Request) -> Principal:
+    """Dependency of the /v1 routes; the caller lands on request.state.principal (and on the
+    audit entry: the key's name and id, never the key)."""
+    header = request.headers.get("authorization")
+    entry = getattr(request.state, "audit", None)
+    try:
+        principal = await _authenticator(request).authenticate(header)
+    except InvalidApiKey:
+        parts = split_key(header[7:].strip()) if header else None
+        if entry is not None and parts is not None:
+            entry.key_id = parts[0]
+        raise
+    request.state.principal = principal
+    if entry is not None:
+        entry.key, entry.key_id = principal.name, principal.key_id
+    return principal
+
+
+async def require_admin(request: Request) -> Principal:
+    """Dependency of the /admin routes."""
+    principal = await require_key(request)
+    if principal.role != "admin":
+        raise PermissionDenied(f"The API key {principal.name!r} is not an admin key.")
+    return principal
+
+
+async def health_access(request: Request) -> None:
+    if _authenticator(request).settings.health == "key":
+        await require_key(request)
+
+
+async def metrics_access(request: Request) -> None:
+    rule = _authenticator(request).settings.metrics
+    if rule == "key":
+        await require_key(request)
+    elif rule == "admin":
+        await require_admin(request)

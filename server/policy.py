@@ -1,0 +1,51 @@
+"""Per-request rules that come from the config: the per-model `max_tokens` cap, and the token
+estimate a request is charged against its key's tokens-per-minute before it runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cellar.errors import InvalidRequest
+from cellar.protocol import ChatCompletionRequest, CompletionRequest
+
+Body = ChatCompletionRequest | CompletionRequest
+DEFAULT_COMPLETION_ESTIMATE = 256
+"""Completion tokens charged up front when a chat request sets no limit (settled later)."""
+CHARS_PER_TOKEN = 4
+
+
+def apply_token_cap(body: Body, cap: int | None) -> None:
+    """Refuse more than the model's `max_tokens`; a request that sets none gets the cap."""
+    if cap is None:
+        return
+    param = (
+        "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    )
+    asked = getattr(body, param)
+    if asked is None:
+        body.max_tokens = cap
+        return
+    if asked > cap:
+        raise InvalidRequest(
+            f"{param} is {asked}, more than this model's limit of {cap} tokens.", param=param
+        )
+
+
+def prompt_content(body: Body) -> Any:
+    """The prompt as sent: the messages' text, or the completion prompt."""
+    if isinstance(body, ChatCompletionRequest):
+        return [{"role": m.role, "content": m.content} for m in body.messages]
+    return body.prompt
+
+
+def estimate_tokens(body: Body) -> int:
+    """Prompt characters / 4 plus the completion tokens the request may produce."""
+    if isinstance(body, ChatCompletionRequest):
+        chars = sum(len(m.text()) if m.content is not None else 0 for m in body.messages)
+        completion = body.token_limit() or DEFAULT_COMPLETION_ESTIMATE
+        return math.ceil(chars / CHARS_PER_TOKEN) + completion
+    prompt = body.single_prompt()
+    if isinstance(prompt, list):
+        return len(prompt) + body.token_limit()
+    return math.ceil(len(prompt) / CHARS_PER_TOKEN) + body.token_limit()
