@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cellar.cli_common import ConfigOpt, console, err, fail
-from cellar.config import config_path, load_config
+from cellar.config import beside, config_path, load_config
 from cellar.errors import ConfigError
 from cellar.keys import KeyFile, KeysError, default_keys_path, describe, parse_expiry
 
@@ -33,7 +33,7 @@ def keys_path(explicit: Path | None, config: Path | None) -> Path:
         except ConfigError as exc:
             raise fail(str(exc)) from None
         if configured is not None:
-            return configured if configured.is_absolute() else path.parent / configured
+            return beside(path, configured) or configured
     elif config is not None:
         raise fail(f"{path}: no such config file")
     return default_keys_path()

@@ -291,6 +291,13 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         store["path"] = env[ENV_STORE]
 
 
+def beside(config_file: Path, path: Path | None) -> Path | None:
+    """A path from a config file, relative to that file's directory."""
+    if path is None:
+        return None
+    return path if path.is_absolute() else config_file.parent / path
+
+
 def config_path(explicit: Path | None, env: Mapping[str, str] = os.environ) -> Path:
     """The file to load: the explicit one, else $CELLAR_CONFIG, else configs/default.yaml."""
     if explicit is not None:

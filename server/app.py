@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
 
 from cellar import __version__
-from cellar.config_access import LimitSettings
+from cellar.config_access import CanarySettings, LimitSettings
 from cellar.deployments import ResolvedDeployment
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
 from server.audit import AuditLog, AuditMiddleware
 from server.auth import Authenticator
 from server.bodylimit import BodyLimit
+from server.canary import Canary
 from server.deployment import Limits
 from server.metrics import Metrics
 from server.proxy import Proxy, new_session
@@ -34,6 +36,8 @@ class Access:
     limits: LimitSettings
     audit: AuditLog | None
     log_content: bool = False
+    canary: CanarySettings = field(default_factory=CanarySettings)
+    canary_history: Path | None = None
 
 
 def create_app(
@@ -66,10 +70,15 @@ def create_app(
                 request_timeout_s=access.limits.request_timeout,
                 log_content=access.log_content,
             )
+            history = access.canary_history or Path("canary.csv")
+            canary = Canary(access.canary, supervisor, metrics, history, client)
+            app.state.canary = canary
             supervisor.start()
+            canary.start()
             try:
                 yield
             finally:
+                await canary.stop()
                 await supervisor.stop_all()
                 await session.close()
                 if access.audit is not None:

@@ -19,16 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cellar.auditlog import rotated_files
 from cellar.config_access import AuditSettings
 
 log = logging.getLogger("cellar.audit")
 
 AUDITED = ("/v1/", "/admin/")
 _ERROR_BODY_MAX = 8192
-ROTATED_GLOB = "*.jsonl"
 
 
 @dataclass
@@ -108,16 +107,6 @@ class AuditLog:
         rotated = sorted(p for p in rotated_files(self.path) if p != self.path)
         for old in rotated[: max(0, len(rotated) - self.settings.keep)]:
             old.unlink(missing_ok=True)
-
-
-def default_audit_path() -> Path:
-    return Path(platformdirs.user_data_dir("cellar")) / "audit" / "audit.jsonl"
-
-
-def rotated_files(path: Path) -> list[Path]:
-    """The log and its rotated files, oldest first (the current file last)."""
-    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
-    return rotated + ([path] if path.exists() else [])
 
 
 def _error_code(body: bytes) -> str | None:

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import uvicorn
 
-from cellar.config import CellarConfig, load_config
+from cellar.auditlog import default_audit_path, default_canary_history
+from cellar.config import CellarConfig, beside, load_config
 from cellar.errors import ConfigError
 from cellar.keys import default_keys_path
 from cellar.store import store_for
 from engines.choice import resolve_here
 from engines.launch import ProcessLauncher, memory_estimate
 from server.app import Access, create_app
-from server.audit import AuditLog, default_audit_path
+from server.audit import AuditLog
 from server.auth import Authenticator
 from server.deployment import Limits
 
@@ -38,13 +39,6 @@ def limits_of(config: CellarConfig) -> Limits:
     return Limits(budget, server.keep_alive, server.load_timeout_s)
 
 
-def _beside(config_file: Path, path: Path | None) -> Path | None:
-    """A path from the config, relative to the config file's directory."""
-    if path is None:
-        return None
-    return path if path.is_absolute() else config_file.parent / path
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -56,7 +50,7 @@ def is_loopback(host: str) -> bool:
 
 def access_of(config: CellarConfig, config_file: Path) -> Access:
     """Keys, limits and the audit log; refuses an open gateway beyond loopback."""
-    keys = _beside(config_file, config.auth.keys_file) or default_keys_path()
+    keys = beside(config_file, config.auth.keys_file) or default_keys_path()
     auth = Authenticator(config.auth, keys)
     host = config.server.host
     if config.auth.mode == "auto" and not auth.has_keys and not is_loopback(host):
@@ -72,14 +66,15 @@ def access_of(config: CellarConfig, config_file: Path) -> Access:
         )
     audit = None
     if config.audit.enabled:
-        path = _beside(config_file, config.audit.path) or default_audit_path()
+        path = beside(config_file, config.audit.path) or default_audit_path()
         audit = AuditLog(config.audit, path)
         log.info(
             "audit log: %s%s",
             path,
             " (with prompt and response text)" if config.audit.log_content else "",
         )
-    return Access(auth, config.limits, audit, config.audit.log_content)
+    history = beside(config_file, config.canary.history) or default_canary_history()
+    return Access(auth, config.limits, audit, config.audit.log_content, config.canary, history)
 
 
 def tls_of(config: CellarConfig, config_file: Path) -> dict[str, str]:
@@ -88,7 +83,7 @@ def tls_of(config: CellarConfig, config_file: Path) -> dict[str, str]:
         return {}
     files = {}
     for key in ("certfile", "keyfile"):
-        path = _beside(config_file, getattr(tls, key))
+        path = beside(config_file, getattr(tls, key))
         assert path is not None
         if not path.is_file():
             raise ConfigError(f"{config_file}: server.tls.{key}: {path} does not exist")

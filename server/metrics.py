@@ -79,6 +79,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        prompt = ["model_name", "prompt"]
+        self.canary_passed = Gauge(
+            "cellar:canary_passed",
+            "1 when the golden prompt's last canary run passed, 0 when it failed.",
+            prompt,
+            registry=self.registry,
+        )
+        self.canary_latency = Gauge(
+            "cellar:canary_latency_seconds",
+            "Latency of the golden prompt's last canary run.",
+            prompt,
+            registry=self.registry,
+        )
+        self.canary_failures = Gauge(
+            "cellar:canary_consecutive_failures",
+            "Canary runs in a row in which some golden prompt of the model failed.",
+            labels,
+            registry=self.registry,
+        )
+        self.canary_last_run = Gauge(
+            "cellar:canary_last_run_timestamp_seconds",
+            "When the model's canary last ran (Unix time).",
+            labels,
+            registry=self.registry,
+        )
+
     def record(self, model: str, status: int, latency_s: float | None = None) -> None:
         self.requests.labels(model, str(status)).inc()
         if latency_s is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -11,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engines.launch import engine_name
 from server.auth import health_access, metrics_access, require_admin
+from server.canary import Canary
 from server.service import CompletionService
 from server.system import system_report
 
@@ -56,6 +58,18 @@ async def admin_system(request: Request) -> dict[str, Any]:
     supervisor = _service(request).supervisor
     resolved = [supervisor.get(name).resolved for name in supervisor.names]
     return await asyncio.to_thread(system_report, resolved)
+
+
+@router.post("/admin/canary", dependencies=[Depends(require_admin)])
+async def admin_canary(request: Request, model: str | None = None) -> dict[str, Any]:
+    """Run the golden prompts now (of one model, or of every model that has some)."""
+    canary: Canary = request.app.state.canary
+    names = None
+    if model is not None:
+        _service(request).supervisor.get(model)
+        names = [model]
+    results = await canary.run(names)
+    return {"passed": all(r.passed for r in results), "results": [asdict(r) for r in results]}
 
 
 @router.post("/admin/models/{name}/load", dependencies=[Depends(require_admin)])

@@ -1,0 +1,102 @@
+"""`cellar audit summary` (who used which model) and `cellar canary` (run the golden prompts on
+the running gateway now)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.table import Table
+
+from cellar.auditlog import default_audit_path, read_lines, summarize
+from cellar.cli_common import ConfigOpt, console, fail
+from cellar.config import CellarConfig, beside, config_path, load_config
+from cellar.config_types import parse_duration
+from cellar.errors import ConfigError
+
+audit_app = typer.Typer(help="The audit log of requests.", no_args_is_help=True)
+
+
+def _config(config: Path | None) -> tuple[Path, CellarConfig | None]:
+    path = config_path(config)
+    if not path.is_file():
+        if config is not None:
+            raise fail(f"{path}: no such config file")
+        return path, None
+    try:
+        return path, load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+@audit_app.command("summary")
+def summary(
+    since: Annotated[str, typer.Option(help="How far back, e.g. 24h, 7d, 30m")] = "24h",
+    file: Annotated[Path | None, typer.Option(help="Audit log (default: from the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Requests, errors, refusals, tokens and latency per key and model."""
+    path, loaded = _config(config)
+    if file is None:
+        configured = beside(path, loaded.audit.path) if loaded else None
+        file = configured or default_audit_path()
+    try:
+        start = datetime.now(UTC) - timedelta(seconds=parse_duration(since))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    table_data = summarize(read_lines(file, start))
+    if not table_data:
+        console.print(f"no requests in {file} since {start:%Y-%m-%d %H:%M} UTC", highlight=False)
+        return
+    table = Table(title=f"{file} since {start:%Y-%m-%d %H:%M} UTC")
+    first = next(iter(table_data.values())).row()
+    for column in ("key", "model", *first):
+        table.add_column(column, justify="left" if column in ("key", "model") else "right")
+    for (key, model), usage in table_data.items():
+        table.add_row(key, model, *usage.row().values())
+    console.print(table)
+
+
+def canary(
+    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="The gateway (default: host and port from the config)")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="CELLAR_API_KEY", help="An admin key, if keys are in use")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the golden prompts on the running gateway now; exit code 1 when one fails."""
+    _, loaded = _config(config)
+    if base_url is None:
+        server = loaded.server if loaded else None
+        scheme = "https" if server and server.tls else "http"
+        host = server.host if server and server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        base_url = f"{scheme}://{host}:{server.port if server else 8000}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    params = {"model": model} if model else {}
+    try:
+        response = httpx.post(
+            f"{base_url.rstrip('/')}/admin/canary", params=params, headers=headers, timeout=None
+        )
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the gateway at {base_url}: {exc}") from None
+    if response.status_code != 200:
+        raise fail(f"{base_url}: HTTP {response.status_code}: {response.text[:300]}")
+    answer = response.json()
+    if not answer["results"]:
+        console.print("no model has golden prompts (`canary:` in its config)")
+        return
+    table = Table(title="canary")
+    for column in ("model", "prompt", "result", "latency ms", "detail"):
+        table.add_column(column)
+    for r in answer["results"]:
+        verdict = "[green]pass[/]" if r["passed"] else "[red]FAIL[/]"
+        table.add_row(r["model"], r["prompt"], verdict, f"{r['latency_ms']:.0f}", r["detail"])
+    console.print(table)
+    if not answer["passed"]:
+        raise typer.Exit(1)

@@ -1,0 +1,214 @@
+"""Canary checks: each model's golden prompts, run on a schedule and on demand.
+
+Every run of a golden prompt goes to the model's worker like any request (it takes a turn, and
+loads the model if needed), at temperature 0. The answer must match its regex or be JSON valid
+against its schema. Each result goes to the history CSV and to Prometheus gauges. A model whose
+runs fail `failures_to_alert` times in a row gets one alert POSTed to the webhook; the first
+passing run after that sends a recovery message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+
+from cellar.config_access import CanarySettings, GoldenPrompt
+from cellar.errors import CellarError
+from server.metrics import Metrics
+from server.supervisor import Supervisor
+
+log = logging.getLogger("cellar.canary")
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+HISTORY_FIELDS = ("time", "model", "prompt", "passed", "latency_ms", "detail")
+
+
+@dataclass(frozen=True)
+class Result:
+    time: str
+    model: str
+    prompt: str
+    passed: bool
+    latency_ms: float
+    detail: str
+
+
+def check_answer(golden: GoldenPrompt, text: str) -> str | None:
+    """Why the answer fails its expectation; None when it passes."""
+    if golden.expect_regex is not None:
+        if re.search(golden.expect_regex, text):
+            return None
+        return f"answer does not match /{golden.expect_regex}/: {text[:200]!r}"
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        return f"answer is not JSON ({exc}): {text[:200]!r}"
+    try:
+        jsonschema.validate(document, golden.expect_json_schema or {})
+    except jsonschema.ValidationError as exc:
+        return f"answer does not fit the schema: {exc.message}"
+    return None
+
+
+def _text(answer: dict[str, Any]) -> str:
+    choice = (answer.get("choices") or [{}])[0]
+    message = choice.get("message")
+    if isinstance(message, dict):
+        return str(message.get("content") or "")
+    return str(choice.get("text") or "")
+
+
+class Canary:
+    def __init__(
+        self,
+        settings: CanarySettings,
+        supervisor: Supervisor,
+        metrics: Metrics,
+        history: Path,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.settings = settings
+        self._supervisor = supervisor
+        self._metrics = metrics
+        self._history = history
+        self._http = http
+        self._failures: dict[str, int] = {}
+        self._alerted: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def models(self) -> list[str]:
+        names = self._supervisor.names
+        return [n for n in names if self._supervisor.get(n).resolved.spec.canary]
+
+    def start(self) -> None:
+        if self.settings.interval and self.models():
+            self._task = asyncio.create_task(self._every(self.settings.interval))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.run()
+            except Exception:
+                log.exception("canary run failed")
+
+    async def run(self, models: list[str] | None = None) -> list[Result]:
+        """Run the golden prompts of `models` (default: every model that has some)."""
+        async with self._lock:
+            results = []
+            for name in models or self.models():
+                spec = self._supervisor.get(name).resolved.spec
+                mine = [await self._one(name, i, g) for i, g in enumerate(spec.canary)]
+                results += mine
+                await self._track(name, mine)
+            await asyncio.to_thread(self._append, results)
+            return results
+
+    async def _one(self, model: str, index: int, golden: GoldenPrompt) -> Result:
+        label = golden.name or f"#{index}"
+        path = CHAT_PATH if golden.messages is not None else COMPLETIONS_PATH
+        payload: dict[str, Any] = {"model": model, "max_tokens": golden.max_tokens}
+        payload.update(
+            {"messages": golden.messages}
+            if golden.messages is not None
+            else {"prompt": golden.prompt}
+        )
+        payload.update(temperature=0.0, stream=False)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                answer = await self._ask(model, path, payload)
+            detail = check_answer(golden, _text(answer))
+        except (CellarError, httpx.HTTPError, TimeoutError, ValueError) as exc:
+            detail = f"request failed: {type(exc).__name__}: {exc}"
+        latency = time.monotonic() - started
+        self._metrics.canary_passed.labels(model, label).set(1 if detail is None else 0)
+        self._metrics.canary_latency.labels(model, label).set(latency)
+        if detail is not None:
+            log.warning("canary %s %s failed: %s", model, label, detail)
+        return Result(
+            datetime.now(UTC).isoformat(),
+            model,
+            label,
+            detail is None,
+            round(latency * 1000, 1),
+            detail or "",
+        )
+
+    async def _ask(self, model: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        lease = await self._supervisor.acquire(model)
+        try:
+            body = lease.engine.prepare(path, payload)
+            response = await self._http.post(lease.engine.base_url + path, json=body)
+        finally:
+            lease.release()
+        if response.status_code != 200:
+            raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def _track(self, model: str, results: list[Result]) -> None:
+        self._metrics.canary_last_run.labels(model).set(time.time())
+        failed = [r for r in results if not r.passed]
+        if not failed:
+            self._failures[model] = 0
+            self._metrics.canary_failures.labels(model).set(0)
+            if model in self._alerted:
+                self._alerted.discard(model)
+                await self._notify(model, "recovered", f"Cellar canary: {model} passes again.", [])
+            return
+        count = self._failures.get(model, 0) + 1
+        self._failures[model] = count
+        self._metrics.canary_failures.labels(model).set(count)
+        if count >= self.settings.failures_to_alert and model not in self._alerted:
+            self._alerted.add(model)
+            names = ", ".join(r.prompt for r in failed)
+            text = (
+                f"Cellar canary: {model} failed {count} runs in a row ({names}): {failed[0].detail}"
+            )
+            log.error("%s", text)
+            await self._notify(model, "failing", text, failed)
+
+    async def _notify(self, model: str, status: str, text: str, failed: list[Result]) -> None:
+        if not self.settings.webhook:
+            return
+        body = {
+            "text": text,
+            "model": model,
+            "status": status,
+            "consecutive_failures": self._failures.get(model, 0),
+            "failures": [asdict(r) for r in failed],
+        }
+        try:
+            response = await self._http.post(self.settings.webhook, json=body, timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.error("canary webhook %s failed: %s", self.settings.webhook, exc)
+
+    def _append(self, results: list[Result]) -> None:
+        if not results:
+            return
+        self._history.parent.mkdir(parents=True, exist_ok=True)
+        new = not self._history.exists()
+        with self._history.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(asdict(r) for r in results)

@@ -1,0 +1,155 @@
+"""Canary checks on a real gateway: golden prompts on a schedule and on demand, the history
+CSV, Prometheus gauges, and webhook alerts received by a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from cellar.config_access import CanarySettings, GoldenPrompt
+from cellar.store import ModelStore
+from server.canary import Canary, Result, check_answer
+from server.metrics import Metrics
+from server.supervisor import Supervisor
+from tests.gateway import MODEL, default_models, start_gateway
+
+
+class Receiver:
+    """A webhook endpoint: records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    hook = Receiver()
+    yield hook
+    hook.close()
+
+
+def history_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_a_failing_golden_prompt_alerts_once(
+    tmp_path: Path, store: ModelStore, receiver: Receiver
+) -> None:
+    models = default_models()
+    models[0]["canary"] = [
+        {
+            "name": "alive",
+            "prompt": "The capital of France is",
+            "max_tokens": 4,
+            "expect_regex": r"\S",
+        },
+        {
+            "name": "impossible",
+            "prompt": "Say hello.",
+            "max_tokens": 4,
+            "expect_regex": r"^NEVER-MATCHES-\d{40}$",
+        },
+    ]
+    history = tmp_path / "canary.csv"
+    sections = {"canary": {"interval": "2s", "webhook": receiver.url, "history": str(history)}}
+    with start_gateway(tmp_path, store.root, models, sections=sections) as gw:
+        deadline = time.monotonic() + 120
+        while len({r["time"] for r in history_rows(history)}) < 8 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rows = history_rows(history)
+        assert len(rows) >= 8  # 4 scheduled runs of 2 prompts
+        assert {r["prompt"]: r["passed"] for r in rows[:2]} == {
+            "alive": "True",
+            "impossible": "False",
+        }
+        assert float(rows[0]["latency_ms"]) > 0 and "does not match" in rows[1]["detail"]
+        assert len(receiver.bodies) == 1  # alerted once, after the third failed run
+        alert = receiver.bodies[0]
+        assert alert["status"] == "failing" and alert["model"] == MODEL
+        assert alert["consecutive_failures"] == 3 and "impossible" in alert["text"]
+
+        done = subprocess.run(
+            [sys.executable, "-m", "cellar", "canary", "--base-url", gw.base_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1 and "FAIL" in done.stdout and "impossible" in done.stdout
+        assert len(receiver.bodies) == 1
+        with gw.http() as http:
+            metrics = http.get("/metrics").text
+        assert f'cellar:canary_passed{{model_name="{MODEL}",prompt="alive"}} 1.0' in metrics
+        assert f'cellar:canary_passed{{model_name="{MODEL}",prompt="impossible"}} 0.0' in metrics
+        assert "cellar:canary_consecutive_failures" in metrics
+        assert "Cellar canary" in gw.log_text()
+
+
+def test_recovery_is_announced_once(tmp_path: Path, receiver: Receiver) -> None:
+    """The alert state machine: fail, fail (alert), fail, pass (recovery), pass."""
+
+    async def scenario() -> None:
+        import httpx
+
+        async with httpx.AsyncClient() as http:
+            settings = CanarySettings(failures_to_alert=2, webhook=receiver.url)
+            canary = Canary(settings, cast(Supervisor, None), Metrics(), tmp_path / "h.csv", http)
+            bad = Result("t", "m", "p", False, 1.0, "no")
+            good = Result("t", "m", "p", True, 1.0, "")
+            for results in ([bad], [bad], [bad], [good], [good]):
+                await canary._track("m", results)
+
+    asyncio.run(scenario())
+    assert [b["status"] for b in receiver.bodies] == ["failing", "recovered"]
+
+
+def test_answers_are_checked_by_regex_or_schema() -> None:
+    regex = GoldenPrompt(prompt="x", expect_regex=r"Paris")
+    assert check_answer(regex, " Paris, of course") is None
+    assert check_answer(regex, "Lyon") is not None
+    schema = GoldenPrompt(
+        prompt="x",
+        expect_json_schema={
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string"}},
+        },
+    )
+    assert check_answer(schema, '{"city": "Paris"}') is None
+    assert "schema" in (check_answer(schema, '{"town": "Paris"}') or "")
+    assert "not JSON" in (check_answer(schema, "Paris") or "")
+    with pytest.raises(ValueError, match="exactly one"):
+        GoldenPrompt(prompt="x")
