@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -72,6 +73,8 @@ class Gateway:
     log: Path
     admin_key: str | None = None
     """Sent on every call of `client()` and `http()` (when the gateway requires keys)."""
+    ca: Path | None = None
+    """The CA that signed the gateway's certificate, when it serves HTTPS."""
 
     @cached_property
     def _client(self) -> openai.OpenAI:
@@ -85,7 +88,8 @@ class Gateway:
 
     def http(self, timeout: float = 120) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
-        return httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        verify = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
+        return httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, verify=verify)
 
     def admin_models(self) -> dict[str, dict[str, Any]]:
         with self.http() as http:
@@ -142,8 +146,10 @@ def start_gateway(
     server: dict[str, Any] | None = None,
     sections: dict[str, Any] | None = None,
     admin_key: str | None = None,
+    ca: Path | None = None,
 ) -> Iterator[Gateway]:
-    """A `cellar serve` process on a free loopback port; stopped (with its workers) after."""
+    """A `cellar serve` process on a free loopback port; stopped (with its workers) after.
+    With `ca`, the config must serve HTTPS with a certificate that CA signed."""
     port = free_port()
     config = write_config(
         work / "cellar.yaml", store, port, models or default_models(), server, sections
@@ -157,7 +163,8 @@ def start_gateway(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    gw = Gateway(f"http://127.0.0.1:{port}", process, log, admin_key)
+    scheme = "https" if ca else "http"
+    gw = Gateway(f"{scheme}://127.0.0.1:{port}", process, log, admin_key, ca)
     try:
         wait_settled(gw)
         yield gw
