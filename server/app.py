@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -91,4 +92,23 @@ def create_app(
     app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal
     app.include_router(openai.router)
     app.include_router(ops.router)
+    _document_models(app, [d.spec.name for d in deployments])
     return app
+
+
+def _document_models(app: FastAPI, names: list[str]) -> None:
+    """The OpenAPI schema lists the models this gateway serves as the values of `model`."""
+    from fastapi.openapi.utils import get_openapi
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = document.get("components", {}).get("schemas", {})
+            for request in ("ChatCompletionRequest", "CompletionRequest"):
+                model = components.get(request, {}).get("properties", {}).get("model")
+                if model is not None and names:
+                    model["enum"] = names
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
