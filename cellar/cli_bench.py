@@ -98,7 +98,7 @@ def _slug(text: str) -> str:
 
 @contextmanager
 def _target(
-    base_url: str | None, config: Path | None, out: Path
+    base_url: str | None, config: Path | None, out: Path, api_key: str | None
 ) -> Iterator[tuple[str, str | None]]:
     """(base URL, config started from): a gateway is started for the run when only a config is
     given."""
@@ -109,7 +109,7 @@ def _target(
 
     err.print(f"starting a gateway with {config} (log: {out / 'gateway.log'})", highlight=False)
     try:
-        with started_gateway(config, out / "gateway.log") as url:
+        with started_gateway(config, out / "gateway.log", api_key) as url:
             yield url, str(config.resolve())
     except RuntimeError as exc:
         raise fail(str(exc)) from None
@@ -292,7 +292,7 @@ def bench(
     out_dir = out or Path("bench-results") / f"{stamp}-{_slug(label or model or 'run')}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with _target(base_url, config, out_dir) as (url, started_from):
+    with _target(base_url, config, out_dir, api_key) as (url, started_from):
         options = Options(
             base_url=url,
             model=model,

@@ -131,11 +131,12 @@ async def _ttft_ms(client: Client, prompt: Prompt) -> float:
     return result.ttft_s * 1000.0
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, api_key: str | None) -> None:
     """Until the gateway answers (2 minutes at most), then until no model is still loading."""
     answer_by = time.monotonic() + _GATEWAY_START_S
     settle_by = time.monotonic() + _SETTLE_S
-    with httpx.Client(base_url=url, timeout=5) as http:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, timeout=5, headers=headers) as http:
         while True:
             if process.poll() is not None:
                 tail = log.read_text(errors="replace")[-2000:]
@@ -152,8 +153,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
-def started_gateway(config: Path, log: Path) -> Iterator[str]:
-    """`cellar serve --config CONFIG` on a free loopback port for the run; yields its URL."""
+def started_gateway(config: Path, log: Path, api_key: str | None = None) -> Iterator[str]:
+    """`cellar serve --config CONFIG` on a free loopback port for the run; yields its URL.
+    When the config requires keys, `api_key` must be an admin key (readiness is read from
+    /admin/models)."""
     from engines.process import free_port
 
     port = free_port()
@@ -168,7 +171,7 @@ def started_gateway(config: Path, log: Path) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log)
+        _wait_ready(url, process, log, api_key)
         yield f"{url}/v1"
     finally:
         process.terminate()
