@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from cellar.auditlog import default_audit_path, default_canary_history
 from cellar.config import CellarConfig, beside, load_config
 from cellar.errors import ConfigError
 from cellar.keys import default_keys_path
+from cellar.net import is_loopback
 from cellar.store import store_for
 from engines.choice import resolve_here
 from engines.launch import ProcessLauncher, memory_estimate
@@ -37,15 +37,6 @@ def limits_of(config: CellarConfig) -> Limits:
     if budget == "auto":
         budget = int(physical_memory() * AUTO_BUDGET_SHARE)
     return Limits(budget, server.keep_alive, server.load_timeout_s)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def access_of(config: CellarConfig, config_file: Path) -> Access:

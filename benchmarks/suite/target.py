@@ -8,7 +8,6 @@ listens on loopback, and left unknown otherwise.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import subprocess
 import sys
@@ -26,19 +25,14 @@ from benchmarks.suite.client import Client, ClientError, server_root
 from benchmarks.suite.record import ColdStart, Endpoint, Hardware
 from benchmarks.suite.workload import Prompt
 from cellar.fingerprint import machine
+from cellar.net import is_loopback
 
 _GATEWAY_START_S = 120
 _SETTLE_S = 1800
 
 
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _loopback_url(url: str) -> bool:
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> Any | None:
@@ -84,7 +78,7 @@ async def describe(client: Client) -> tuple[Endpoint, Hardware]:
             server_versions=system.get("versions") or {},
             client=client_machine,
         )
-    elif is_loopback(client.root):
+    elif _loopback_url(client.root):
         hardware = Hardware(server=client_machine, server_source="local", client=client_machine)
     else:
         hardware = Hardware(server=None, server_source="unknown", client=client_machine)
