@@ -13,6 +13,7 @@ from cellar.cli_common import ConfigOpt, console, fail
 from cellar.cli_keys import keys_app
 from cellar.cli_models import models_app
 from cellar.cli_ops import audit_app, canary
+from cellar.cli_quantize import quantize
 from cellar.config import config_json_schema, config_path, load_config
 from cellar.errors import ConfigError
 from cellar.store import store_for
@@ -27,6 +28,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.command()(canary)
+app.command()(quantize)
 
 
 @app.command()

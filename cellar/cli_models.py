@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -54,12 +55,15 @@ def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
 
 @models_app.command("show")
 def show_model(name: str, store: StoreOpt = None, config: ConfigOpt = None) -> None:
-    """Print a model's manifest as JSON."""
+    """Print a model's manifest as JSON, with its `chain`: the models it was made from, back
+    to the original file."""
+    opened = open_store(store, config)
     try:
-        manifest = open_store(store, config).get(name)
+        manifest = opened.get(name)
+        chain = opened.chain(name)
     except StoreError as exc:
         raise fail(str(exc)) from None
-    console.print_json(manifest.model_dump_json())
+    console.print_json(json.dumps({**manifest.model_dump(mode="json"), "chain": chain}))
 
 
 @models_app.command("verify")

@@ -48,6 +48,9 @@ class Lineage(BaseModel):
     method: str = Field(description="How it was made, e.g. gguf-to-hf.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     tools: dict[str, str] = Field(default_factory=dict, description="Tool name -> version.")
+    report: dict[str, Any] | None = Field(
+        None, description="What was measured when it was made (e.g. perplexity before/after)."
+    )
 
 
 class Manifest(BaseModel):
@@ -268,14 +271,15 @@ class ModelStore:
         *,
         fmt: Format,
         source: str,
-        lineage: Lineage | None = None,
+        lineage: Lineage | Callable[[Path], Lineage] | None = None,
     ) -> Manifest:
         """Store a new model whose artifact `build` writes at the path it is given.
 
         `build` may return the artifact's sha256 (when it hashed while writing); otherwise it
-        is hashed afterwards. Nothing is visible under `name` until it is complete: the model
-        is built in a hidden staging directory, then renamed into place. A failure or Ctrl-C
-        leaves nothing behind.
+        is hashed afterwards. `build` may also write files beside the artifact (a report, a
+        log); they are stored with it. `lineage` may be a function of the built artifact.
+        Nothing is visible under `name` until it is complete: the model is built in a hidden
+        staging directory, then renamed into place. A failure or Ctrl-C leaves nothing behind.
         """
         target = self._dir(name)
         if target.exists():
@@ -287,6 +291,8 @@ class ModelStore:
             if fmt == "hf":
                 path.mkdir()
             sha = build(path) or sha256_tree(path)
+            if callable(lineage):
+                lineage = lineage(path)
             manifest = Manifest(
                 name=name,
                 format=fmt,
@@ -309,6 +315,25 @@ class ModelStore:
 
     def find_sha(self, sha256: str) -> Manifest | None:
         return next((m for m in self.list() if m.sha256 == sha256), None)
+
+    def chain(self, name: str) -> builtins.list[dict[str, str]]:
+        """The model and its ancestors by lineage, back to the file the first was imported
+        from: [{name, sha256, made_by}, ..., {source}]."""
+        manifest: Manifest | None = self.get(name)
+        steps: builtins.list[dict[str, str]] = []
+        seen: set[str] = set()
+        while manifest is not None and manifest.sha256 not in seen:
+            seen.add(manifest.sha256)
+            lineage = manifest.lineage
+            made_by = lineage.method if lineage else "import"
+            steps.append({"name": manifest.name, "sha256": manifest.sha256, "made_by": made_by})
+            if lineage is None:
+                steps.append({"source": manifest.source})
+                break
+            manifest = self.find_sha(lineage.parent_sha256)
+            if manifest is None:
+                steps.append({"missing_parent": f"{lineage.parent} ({lineage.parent_sha256})"})
+        return steps
 
 
 def store_for(config: CellarConfig) -> ModelStore:

@@ -1,0 +1,145 @@
+"""`cellar quantize`: a quantized copy of a stored model, with its quality and speed report, in
+the store only when it passes the gate. The work lives in quantize/."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_store
+from cellar.config import config_path, load_config
+from cellar.errors import ConfigError, StoreError
+
+_QUANT_SUFFIX = re.compile(r"-(f16|f32|bf16|q\d[\w]*)$", re.IGNORECASE)
+
+
+def _percent(text: str) -> float:
+    value = text.strip().removesuffix("%")
+    try:
+        number = float(value)
+    except ValueError:
+        raise fail(f"--max-ppl-increase {text!r}: expected a percentage such as 5%") from None
+    if number < 0:
+        raise fail("--max-ppl-increase cannot be negative")
+    return number / 100
+
+
+def _goldens(model: str, config: Path | None) -> list[dict[str, Any]]:
+    """Golden prompts of the config's deployments of `store:MODEL` (completion prompts with a
+    regex; chat and JSON-schema ones need the server and are left to `cellar canary`)."""
+    path = config_path(config)
+    if not path.is_file():
+        return []
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    found = []
+    for deployment in loaded.models:
+        if deployment.source != f"store:{model}":
+            continue
+        for index, golden in enumerate(deployment.canary):
+            if golden.prompt is not None and golden.expect_regex is not None:
+                found.append(
+                    {
+                        "name": golden.name or f"{deployment.name}#{index}",
+                        "prompt": golden.prompt,
+                        "max_tokens": golden.max_tokens,
+                        "regex": golden.expect_regex,
+                    }
+                )
+    return found
+
+
+class _Bar:
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("tensors", total=None)
+
+    def stage(self, text: str) -> None:
+        self._progress.console.print(f"[dim]{text}[/]", highlight=False)
+
+    def tensors(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+
+def quantize(
+    model: Annotated[str, typer.Argument(help="A GGUF model in the store")],
+    to: Annotated[str, typer.Option("--to", help="f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0")],
+    name: Annotated[
+        str | None, typer.Option(help="Name of the result (default: MODEL with the new type)")
+    ] = None,
+    eval_file: Annotated[
+        Path | None, typer.Option(help="Text for perplexity and KL (default: the shipped one)")
+    ] = None,
+    max_ppl_increase: Annotated[
+        str | None,
+        typer.Option(help="Largest perplexity rise allowed, e.g. 5% (default: per target)"),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Register even when the gate fails")] = False,
+    allow_requantize: Annotated[
+        bool, typer.Option(help="Quantize an already-quantized model (marked lossy)")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: every core)")] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Quantize a stored model, measure what it cost, and register it if the gate passes."""
+    from quantize.pipeline import GateFailed, Request, default_eval_file, quantize_model
+    from quantize.report import rows
+    from quantize.targets import QuantizeError, target
+
+    try:
+        chosen = target(to)
+    except QuantizeError as exc:
+        raise fail(str(exc)) from None
+    text = eval_file or default_eval_file()
+    if not text.is_file():
+        raise fail(f"--eval-file {text}: no such file")
+    new_name = name or f"{_QUANT_SUFFIX.sub('', model)}-{chosen.name}"
+    request = Request(
+        model=model,
+        target=chosen,
+        name=new_name,
+        eval_file=text,
+        max_ppl_increase=_percent(max_ppl_increase) if max_ppl_increase else None,
+        force=force,
+        allow_requantize=allow_requantize,
+        threads=threads or len(os.sched_getaffinity(0)),
+        goldens=_goldens(model, config),
+    )
+    opened = open_store(store, config)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            manifest, report = quantize_model(opened, request, _Bar(progress))
+    except GateFailed as exc:
+        raise fail(str(exc), code=1) from None
+    except (QuantizeError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; nothing was registered", code=130) from None
+    table = Table(title=f"{model} -> {manifest.name}")
+    for column in ("figure", "source", "result", "change"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    folder = opened.root / manifest.name
+    forced = " (gate failed; registered because of --force)" if not report["gate"]["passed"] else ""
+    console.print(
+        f"registered {manifest.name} ({manifest.size / 2**20:,.1f} MiB, sha256 "
+        f"{manifest.sha256[:12]}){forced}; report: {folder / 'report.md'}",
+        highlight=False,
+    )

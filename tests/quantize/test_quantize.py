@@ -1,0 +1,190 @@
+"""`cellar quantize` on the real bundled model: f16 from it, then Q8_0 and Q4_K_M from the f16;
+quality within bounds, sizes as measured in DESIGN.md, each served through the gateway, the
+gate, the lineage chain, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellar.store import ModelStore
+from tests.gateway import BUNDLED_NAME, start_gateway
+
+pytestmark = pytest.mark.slow
+
+F16, Q8, Q4 = "gemma-f16", "gemma-q8_0", "gemma-q4_k_m"
+# DESIGN.md: f16 536 MB -> Q8_0 292 MB, Q4_K_M 253 MB
+EXPECTED_RATIO = {Q8: 292 / 536, Q4: 253 / 536}
+
+
+def cellar(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cellar", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory, bundled_gguf: Path) -> ModelStore:
+    root = tmp_path_factory.mktemp("qstore")
+    store = ModelStore(root)
+    store.import_file(bundled_gguf, BUNDLED_NAME)
+    config = root.parent / "golden.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"path": str(root)},
+                "models": [
+                    {
+                        "name": "g",
+                        "source": f"store:{F16}",
+                        "canary": [
+                            {
+                                "name": "country",
+                                "prompt": "The capital of France is",
+                                "max_tokens": 8,
+                                "expect_regex": "(?i)france|paris|capital",
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    steps = [
+        (BUNDLED_NAME, "f16", F16, ["--allow-requantize"]),
+        (F16, "q8_0", Q8, ["--config", str(config)]),
+        (F16, "q4_k_m", Q4, []),
+    ]
+    for source, to, name, extra in steps:
+        done = cellar("quantize", source, "--to", to, "--name", name, "--store", str(root), *extra)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert f"registered {name}" in done.stdout
+    return store
+
+
+def report(store: ModelStore, name: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads((store.root / name / "report.json").read_text())
+    return data
+
+
+def test_quality_and_size(made: ModelStore) -> None:
+    f16 = made.get(F16)
+    assert f16.lineage is not None and f16.lineage.parameters["lossy"] is True
+    for name, ppl_bound in ((Q8, 0.02), (Q4, 0.10)):
+        manifest = made.get(name)
+        assert manifest.lineage is not None and manifest.lineage.report is not None
+        figures = manifest.lineage.report
+        assert manifest.lineage.parent_sha256 == f16.sha256
+        assert manifest.lineage.parameters["lossy"] is False
+        assert abs(figures["result_ppl"] / figures["source_ppl"] - 1) <= ppl_bound
+        assert 0 <= figures["kl_mean"] < 0.5
+        ratio = manifest.size / f16.size
+        assert abs(ratio / EXPECTED_RATIO[name] - 1) <= 0.10, (name, ratio)
+
+
+def test_report_beside_the_model(made: ModelStore) -> None:
+    q8 = report(made, Q8)
+    assert q8["target"] == "q8_0" and q8["gate"] == {
+        "max_ppl_increase": 0.02,
+        "passed": True,
+        "forced": False,
+    }
+    for role in ("source", "result"):
+        figures = q8[role]
+        assert isinstance(figures, dict)
+        assert figures["decode_tps"] > 0 and figures["prompt_tps"] > 0
+        assert figures["ram_at_load_bytes"] > 50 * 2**20
+        assert [g["name"] for g in figures["golden"]] == ["country"]
+    text = (made.root / Q8 / "report.md").read_text()
+    assert "| perplexity |" in text and "golden: country" in text
+    assert "q8_0" in (made.root / Q8 / "quantize.log").read_text().lower()
+
+
+def test_show_prints_the_chain(made: ModelStore) -> None:
+    done = cellar("models", "show", Q4, "--store", str(made.root))
+    chain = json.loads(done.stdout)["chain"]
+    assert [step.get("name") for step in chain[:3]] == [Q4, F16, BUNDLED_NAME]
+    assert [step.get("made_by") for step in chain[:3]] == [
+        "llama.cpp-quantize",
+        "llama.cpp-quantize",
+        "import",
+    ]
+    assert chain[3]["source"].endswith(".gguf")
+
+
+def test_each_result_is_served(made: ModelStore, tmp_path: Path) -> None:
+    models = [
+        {
+            "name": name,
+            "source": f"store:{name}",
+            "chat_template": "gemma",
+            "preload": True,
+            "llamacpp": {"n_ctx": 512, "n_parallel": 1},
+        }
+        for name in (F16, Q8, Q4)
+    ]
+    with start_gateway(tmp_path, made.root, models) as gw:
+        for name in (F16, Q8, Q4):
+            answer = gw.client().completions.create(model=name, prompt="Hello", max_tokens=4)
+            assert answer.usage is not None and answer.usage.completion_tokens == 4
+
+
+def test_the_gate_registers_nothing(made: ModelStore) -> None:
+    before = sorted(p.name for p in made.root.iterdir())
+    done = cellar(
+        "quantize",
+        F16,
+        "--to",
+        "q4_0",
+        "--name",
+        "gated",
+        "--store",
+        str(made.root),
+        "--max-ppl-increase",
+        "0.0001%",
+    )
+    assert done.returncode == 1
+    message = " ".join(done.stderr.split())
+    assert "perplexity rose" in message and "nothing was registered" in message
+    assert sorted(p.name for p in made.root.iterdir()) == before
+
+
+def test_refusals(made: ModelStore, tmp_path: Path) -> None:
+    root = str(made.root)
+    cases = [
+        (("quantize", F16, "--to", "q3_fancy"), "unknown target"),
+        (("quantize", BUNDLED_NAME, "--to", "q8_0"), "already quantized"),
+        (("quantize", F16, "--to", "bnb-nf4"), "not available yet"),
+        (("quantize", "nobody", "--to", "q8_0"), "nobody"),
+        (("quantize", F16, "--to", "q8_0", "--name", Q8), "already stored"),
+    ]
+    for args, why in cases:
+        done = cellar(*args, "--store", root, timeout=300)
+        assert done.returncode == 2, (args, done.stderr)
+        assert why in " ".join(done.stderr.split()), (args, done.stderr)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes((made.root / Q8 / f"{Q8}.gguf").read_bytes()[:4096])
+    other = ModelStore(tmp_path / "store")
+    other.import_file(broken, "broken")
+    done = cellar(
+        "quantize",
+        "broken",
+        "--to",
+        "q4_0",
+        "--allow-requantize",
+        "--store",
+        str(other.root),
+        timeout=300,
+    )
+    assert done.returncode == 2 and "broken" in done.stderr
+    assert sorted(p.name for p in other.root.iterdir()) == ["broken"]
