@@ -18,14 +18,34 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cellar.errors import IntegrityError
+from cellar.fingerprint import artifact_quantization
 from cellar.gguf import GGUFError, quantization
-from cellar.store import Lineage, Manifest, ModelStore
+from cellar.store import Lineage, Manifest, ModelStore, tree_size
 from quantize.gguf import quantize_gguf
 from quantize.report import markdown
 from quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 
 DISK_MARGIN = 1.2
-METHOD = "llama.cpp-quantize"
+
+
+def method(target: Target) -> str:
+    return "llama.cpp-quantize" if target.kind == "gguf" else "bitsandbytes"
+
+
+def make_bnb(source: Path, dst: Path, target: Target, log: Path) -> None:
+    """A bitsandbytes checkpoint written by transformers in a child process."""
+    with log.open("wb") as sink:
+        done = subprocess.run(
+            [sys.executable, "-m", "quantize.bnb", "make", str(source), str(dst), target.name],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        last = log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise QuantizeError(
+            f"bitsandbytes could not quantize {source.name}:\n  " + "\n  ".join(last)
+        )
 
 
 class GateFailed(QuantizeError):
@@ -75,26 +95,33 @@ def _tools() -> dict[str, str]:
 
 
 def check_source(store: ModelStore, request: Request) -> tuple[Manifest, Path, str]:
-    """The source's manifest, file and quantization; refuses what cannot or should not run."""
+    """The source's manifest, artifact and quantization; refuses what cannot or should not run."""
     target = request.target
-    if target.kind != "gguf":
-        raise QuantizeError(
-            f"--to {target.name}: bitsandbytes checkpoints are not available yet; GGUF targets "
-            "are: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0"
-        )
     manifest = store.get(request.model)
     if any(m.name == request.name for m in store.list()):
         raise QuantizeError(f"a model is already stored as {request.name!r}; choose another --name")
-    if manifest.format != "gguf":
+    wanted = "gguf" if target.kind == "gguf" else "hf"
+    if manifest.format != wanted:
+        how = (
+            f"convert it first (`cellar models convert {request.model} --to hf`)"
+            if wanted == "hf"
+            else "pick a model stored as GGUF"
+        )
+        kinds = {"gguf": "a GGUF", "hf": "a Hugging Face checkpoint"}
         raise QuantizeError(
-            f"{request.model} is a Hugging Face checkpoint; --to {target.name} makes a GGUF for "
-            "llama.cpp from a GGUF. Convert it first or pick a model stored as GGUF."
+            f"--to {target.name} needs {kinds[wanted]} and {request.model} is "
+            f"{kinds[manifest.format]}; {how}."
         )
     try:
         store.verify(request.model)
     except IntegrityError as exc:
         raise QuantizeError(f"the source is damaged: {exc}") from None
     path = store.file_of(manifest)
+    if wanted == "hf":
+        source_type = artifact_quantization(path, "hf") or "unknown"
+        if source_type in ("bitsandbytes", "gptq", "awq", "fp8"):
+            raise QuantizeError(f"{request.model} is already quantized ({source_type})")
+        return manifest, path, source_type
     try:
         source_type = quantization(path) or "unknown"
     except GGUFError as exc:
@@ -110,8 +137,11 @@ def check_source(store: ModelStore, request: Request) -> tuple[Manifest, Path, s
 
 def check_disk(store: ModelStore, source: Path, source_type: str, target: Target) -> None:
     """Enough free space for the result (estimated from bits per weight), checked up front."""
-    ratio = BITS_PER_WEIGHT.get(target.name, 16.0) / BITS_PER_WEIGHT.get(source_type, 4.5)
-    needed = int(source.stat().st_size * max(ratio, 0.1) * DISK_MARGIN)
+    if target.kind == "bnb":  # embeddings stay in full precision: at most the source's size
+        needed = int(tree_size(source) * DISK_MARGIN)
+    else:
+        ratio = BITS_PER_WEIGHT.get(target.name, 16.0) / BITS_PER_WEIGHT.get(source_type, 4.5)
+        needed = int(source.stat().st_size * max(ratio, 0.1) * DISK_MARGIN)
     free = shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free
     if needed > free:
         raise QuantizeError(
@@ -121,7 +151,11 @@ def check_disk(store: ModelStore, source: Path, source_type: str, target: Target
 
 
 def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
-    """Quality and speed of both files, measured in a child process (quantize/evaluate.py)."""
+    """Quality and speed of both, measured in a child process: llama.cpp for GGUF
+    (quantize/evaluate.py), transformers for checkpoints (quantize/bnb.py)."""
+    command = (
+        ["quantize.evaluate"] if request.target.kind == "gguf" else ["quantize.bnb", "evaluate"]
+    )
     with tempfile.TemporaryDirectory(prefix="cellar-eval-") as work:
         ask, out = Path(work) / "request.json", Path(work) / "report.json"
         ask.write_text(
@@ -136,7 +170,7 @@ def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
             )
         )
         done = subprocess.run(
-            [sys.executable, "-m", "quantize.evaluate", str(ask), str(out)],
+            [sys.executable, "-m", *command, str(ask), str(out)],
             capture_output=True,
             text=True,
             check=False,
@@ -158,15 +192,19 @@ def quantize_model(
 
     def build(path: Path) -> None:
         progress.stage(f"quantizing {request.model} ({source_type}) to {request.target.name}")
-        quantize_gguf(
-            source,
-            path,
-            request.target,
-            threads=request.threads,
-            allow_requantize=request.allow_requantize,
-            log=path.parent / "quantize.log",
-            progress=progress.tensors,
-        )
+        log = path.parent / "quantize.log"
+        if request.target.kind == "gguf":
+            quantize_gguf(
+                source,
+                path,
+                request.target,
+                threads=request.threads,
+                allow_requantize=request.allow_requantize,
+                log=log,
+                progress=progress.tensors,
+            )
+        else:
+            make_bnb(source, path, request.target, log)
         progress.stage("measuring perplexity, KL divergence, golden prompts and speed")
         report.update(evaluate(source, path, request))
         increase = report["result_ppl"] / report["source_ppl"] - 1
@@ -193,7 +231,7 @@ def quantize_model(
         return Lineage(
             parent=request.model,
             parent_sha256=manifest.sha256,
-            method=METHOD,
+            method=method(request.target),
             parameters={
                 "target": request.target.name,
                 "ftype": request.target.ftype,
@@ -210,12 +248,13 @@ def quantize_model(
             },
         )
 
+    gguf = request.target.kind == "gguf"
     made = store.add(
         request.name,
-        f"{request.name}.gguf",
+        f"{request.name}.gguf" if gguf else request.name,
         build,
-        fmt="gguf",
-        source=f"{METHOD} {request.model} --to {request.target.name}",
+        fmt="gguf" if gguf else "hf",
+        source=f"{method(request.target)} {request.model} --to {request.target.name}",
         lineage=lineage,
     )
     return made, report

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cellar.store import ModelStore
-from tests.gateway import BUNDLED_NAME, start_gateway
+from tests.gateway import BUNDLED_NAME, HF_NAME, start_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
     cases = [
         (("quantize", F16, "--to", "q3_fancy"), "unknown target"),
         (("quantize", BUNDLED_NAME, "--to", "q8_0"), "already quantized"),
-        (("quantize", F16, "--to", "bnb-nf4"), "not available yet"),
+        (("quantize", F16, "--to", "bnb-nf4"), "needs a Hugging Face checkpoint"),
         (("quantize", "nobody", "--to", "q8_0"), "nobody"),
         (("quantize", F16, "--to", "q8_0", "--name", Q8), "already stored"),
     ]
@@ -188,3 +188,47 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "broken" in done.stderr
     assert sorted(p.name for p in other.root.iterdir()) == ["broken"]
+
+
+def test_bnb_nf4_checkpoint_loads_and_generates(converted_store: ModelStore) -> None:
+    root = converted_store.root
+    done = cellar(
+        "quantize",
+        HF_NAME,
+        "--to",
+        "bnb-nf4",
+        "--name",
+        "gemma-nf4",
+        "--force",
+        "--store",
+        str(root),
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    manifest = converted_store.get("gemma-nf4")
+    assert manifest.format == "hf" and manifest.lineage is not None
+    assert manifest.lineage.method == "bitsandbytes"
+    assert manifest.lineage.parent_sha256 == converted_store.get(HF_NAME).sha256
+    # this 270M model loses much more than the 10% nf4 gate allows: --force, and it says so
+    assert manifest.lineage.parameters["forced"] is True
+    assert "registered because of --force" in " ".join(done.stdout.split())
+    path = root / "gemma-nf4" / "gemma-nf4"
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], device_map='cpu')\n"
+        "ids = tok('The capital of France is', return_tensors='pt').input_ids\n"
+        "out = model.generate(ids, max_new_tokens=6, do_sample=False)\n"
+        "print(out.shape[1] - ids.shape[1], type(model.model.layers[0].mlp.up_proj).__name__)\n"
+    )
+    generated = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    count, layer = generated.stdout.split()[-2:]
+    assert int(count) == 6 and layer == "Linear4bit"
