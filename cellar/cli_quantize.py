@@ -57,6 +57,12 @@ def _goldens(model: str, config: Path | None) -> list[dict[str, Any]]:
     return found
 
 
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _Bar:
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -111,7 +117,7 @@ def quantize(
         max_ppl_increase=_percent(max_ppl_increase) if max_ppl_increase else None,
         force=force,
         allow_requantize=allow_requantize,
-        threads=threads or len(os.sched_getaffinity(0)),
+        threads=threads or _cores(),
         goldens=_goldens(model, config),
     )
     opened = open_store(store, config)
