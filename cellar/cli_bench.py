@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -27,10 +27,12 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from benchmarks.suite.bench import Options
 from benchmarks.suite.record import Level, RequestResult, Run
 from cellar.cli_common import console, err, fail
 from cellar.config_types import parse_duration
+
+if TYPE_CHECKING:
+    from benchmarks.suite.bench import Options
 
 bench_app = typer.Typer(
     help="Benchmark an OpenAI-compatible endpoint (Cellar's or any other); compare runs.",
@@ -268,7 +270,7 @@ def bench(
     if self_check:
         _self_check_only()
         return
-    from benchmarks.suite.bench import new_run
+    from benchmarks.suite.bench import Options, new_run
     from benchmarks.suite.metrics import parse_slo
 
     if api not in ("completions", "chat"):
