@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,34 @@ def test_the_gate_registers_nothing(made: ModelStore) -> None:
     message = " ".join(done.stderr.split())
     assert "perplexity rose" in message and "nothing was registered" in message
     assert sorted(p.name for p in made.root.iterdir()) == before
+
+
+@pytest.mark.parametrize("after_s", [1.0, 6.0])  # while quantizing; while measuring
+def test_ctrl_c_leaves_nothing(made: ModelStore, after_s: float) -> None:
+    before = sorted(p.name for p in made.root.iterdir())
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cellar",
+            "quantize",
+            F16,
+            "--to",
+            "q8_0",
+            "--name",
+            "stopped",
+            "--store",
+            str(made.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after_s)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "nothing was registered" in stderr
+    assert sorted(p.name for p in made.root.iterdir()) == before  # no model, no staging
 
 
 def test_refusals(made: ModelStore, tmp_path: Path) -> None:
