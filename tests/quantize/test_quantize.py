@@ -161,8 +161,8 @@ def test_the_gate_registers_nothing(made: ModelStore) -> None:
     assert sorted(p.name for p in made.root.iterdir()) == before
 
 
-@pytest.mark.parametrize("after_s", [1.0, 6.0])  # while quantizing; while measuring
-def test_ctrl_c_leaves_nothing(made: ModelStore, after_s: float) -> None:
+@pytest.mark.parametrize("stage", ["quantizing", "measuring"])
+def test_ctrl_c_leaves_nothing(made: ModelStore, stage: str) -> None:
     before = sorted(p.name for p in made.root.iterdir())
     process = subprocess.Popen(
         [
@@ -182,10 +182,17 @@ def test_ctrl_c_leaves_nothing(made: ModelStore, after_s: float) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(after_s)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the stage lines come as the work starts
+        seen.append(line)
+        if line.startswith(stage):
+            break
+    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "nothing was registered" in stderr
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(seen) + rest
+    assert "nothing was registered" in rest
     assert sorted(p.name for p in made.root.iterdir()) == before  # no model, no staging
 
 
