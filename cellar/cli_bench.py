@@ -70,6 +70,7 @@ class _ProgressReporter:
         self._progress = progress
         self._tasks: dict[int, TaskID] = {}
         self._started: dict[int, float] = {}
+        self._failed: dict[int, int] = {}
 
     def note(self, text: str) -> None:
         self._progress.console.print(f"[dim]{text}[/]", highlight=False)
@@ -78,9 +79,11 @@ class _ProgressReporter:
         total = level.requests if level.requests is not None else level.duration_s
         self._tasks[id(level)] = self._progress.add_task(level.label, total=total, status="")
         self._started[id(level)] = time.monotonic()
+        self._failed[id(level)] = 0
 
     def result(self, level: Level, result: RequestResult) -> None:
-        failed = sum(1 for r in level.results if not r.ok)
+        self._failed[id(level)] += not result.ok
+        failed = self._failed[id(level)]
         status = f"{len(level.results) - failed} ok" + (f", {failed} failed" if failed else "")
         done = (
             len(level.results)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import tempfile
@@ -225,9 +224,3 @@ def describe(record: KeyRecord, now: datetime) -> dict[str, str]:
         "created": f"{record.created:%Y-%m-%d %H:%M}",
         "expires": f"{record.expires:%Y-%m-%d %H:%M}" if record.expires else "never",
     }
-
-
-def dumps_public(records: list[KeyRecord]) -> str:
-    """The records without salts and hashes (for `cellar keys list --json`)."""
-    now = datetime.now(UTC)
-    return json.dumps([describe(r, now) for r in records], indent=1)

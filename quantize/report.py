@@ -21,31 +21,17 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{report['ppl_increase']:+.2%}",
         ),
         ("KL divergence (mean, nats)", "-", f"{report['kl_mean']:.5f}", ""),
-        (
-            "file size (MiB)",
-            f"{source['file_bytes'] / mib:,.1f}",
-            f"{result['file_bytes'] / mib:,.1f}",
-            change(source["file_bytes"], result["file_bytes"]),
-        ),
-        (
-            "RAM at load (MiB)",
-            f"{source['ram_at_load_bytes'] / mib:,.1f}",
-            f"{result['ram_at_load_bytes'] / mib:,.1f}",
-            change(source["ram_at_load_bytes"], result["ram_at_load_bytes"]),
-        ),
-        (
-            "prompt tokens/s",
-            f"{source['prompt_tps']:,.1f}",
-            f"{result['prompt_tps']:,.1f}",
-            change(source["prompt_tps"], result["prompt_tps"]),
-        ),
-        (
-            "decode tokens/s",
-            f"{source['decode_tps']:,.1f}",
-            f"{result['decode_tps']:,.1f}",
-            change(source["decode_tps"], result["decode_tps"]),
-        ),
     ]
+    for label, key, scale in (
+        ("file size (MiB)", "file_bytes", mib),
+        ("RAM at load (MiB)", "ram_at_load_bytes", mib),
+        ("prompt tokens/s", "prompt_tps", 1),
+        ("decode tokens/s", "decode_tps", 1),
+    ):
+        before, after = source[key], result[key]
+        lines.append(
+            (label, f"{before / scale:,.1f}", f"{after / scale:,.1f}", change(before, after))
+        )
     for before, after in zip(source["golden"], result["golden"], strict=True):
         lines.append(
             (

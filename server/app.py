@@ -13,6 +13,7 @@ import httpx
 from fastapi import FastAPI
 
 from cellar import __version__
+from cellar.auditlog import default_canary_history
 from cellar.config_access import CanarySettings, LimitSettings
 from cellar.deployments import ResolvedDeployment
 from cellar.store import ModelStore
@@ -38,7 +39,7 @@ class Access:
     audit: AuditLog | None
     log_content: bool = False
     canary: CanarySettings = field(default_factory=CanarySettings)
-    canary_history: Path | None = None
+    canary_history: Path = field(default_factory=default_canary_history)
 
 
 def create_app(
@@ -71,8 +72,7 @@ def create_app(
                 request_timeout_s=access.limits.request_timeout,
                 log_content=access.log_content,
             )
-            history = access.canary_history or Path("canary.csv")
-            canary = Canary(access.canary, supervisor, metrics, history, client)
+            canary = Canary(access.canary, supervisor, metrics, access.canary_history, client)
             app.state.canary = canary
             supervisor.start()
             canary.start()

@@ -6,7 +6,6 @@ so that its own cost stays far below what it measures; `cellar bench --self-chec
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from types import TracebackType
@@ -181,8 +180,6 @@ class Client:
             result.error, result.error_detail = "client", str(exc) or type(exc).__name__
         except ValueError as exc:
             result.error, result.error_detail = "bad_stream", str(exc)
-        except asyncio.CancelledError:
-            raise
         result.latency_s = time.perf_counter() - start
         return result
 
