@@ -24,6 +24,9 @@ WHEEL_FLAVOR := native
 endif
 WHEEL_DIR   := $(WHEEL_CACHE)/$(WHEEL_FLAVOR)
 LLAMA_STAMP := $(WHEEL_DIR)/.llama-cpp-python-$(LLAMA_CPP_VERSION)
+# Its source package carries llama.cpp's converters (HF -> GGUF, LoRA -> GGUF); kept beside the
+# wheels, and unpacked by `cellar tools install` so conversions run offline.
+LLAMA_SDIST := $(WHEEL_CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 
 # torch for the offline tools (conversion; later quantization and training): the CPU build on
 # a machine without an NVIDIA GPU (pip finds it in its local find-links here).
@@ -41,9 +44,9 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm clean
+.PHONY: setup tools vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm clean
 
-setup: $(IMPORTED)
+setup: $(IMPORTED) tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +57,15 @@ $(LLAMA_STAMP): | $(PY)
 	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(PIP) wheel --no-deps --no-cache-dir -w $(WHEEL_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
+
+$(LLAMA_SDIST): | $(PY)
+	mkdir -p $(dir $@)
+	$(PIP) download -q --no-deps --no-binary :all: -d $(dir $@) llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+# Checked on every set-up (the converters live in the user's data dir); the same package again
+# is a no-op.
+tools: $(INSTALLED) $(LLAMA_SDIST)
+	$(CELLAR) tools install $(LLAMA_SDIST)
 
 $(INSTALLED): pyproject.toml $(LLAMA_STAMP) | $(PY)
 	$(PIP) install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl

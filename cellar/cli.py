@@ -12,7 +12,7 @@ from cellar.cli_bench import bench_app
 from cellar.cli_common import ConfigOpt, console, fail
 from cellar.cli_keys import keys_app
 from cellar.cli_models import models_app
-from cellar.cli_ops import audit_app, canary
+from cellar.cli_ops import audit_app, canary, tools_app
 from cellar.cli_quantize import quantize
 from cellar.config import config_json_schema, config_path, load_config
 from cellar.errors import ConfigError
@@ -27,6 +27,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(tools_app, name="tools")
 app.command()(canary)
 app.command()(quantize)
 

@@ -1,5 +1,5 @@
-"""`cellar audit summary` (who used which model) and `cellar canary` (run the golden prompts on
-the running gateway now)."""
+"""`cellar audit summary` (who used which model), `cellar canary` (run the golden prompts on
+the running gateway now) and `cellar tools` (llama.cpp's converters)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cellar.auditlog import default_audit_path, read_lines, summarize
 from cellar.cli_common import ConfigOpt, console, fail
 from cellar.config import CellarConfig, beside, config_path, load_config
 from cellar.config_types import parse_duration
-from cellar.errors import ConfigError
+from cellar.errors import ConfigError, StoreError
 
 audit_app = typer.Typer(help="The audit log of requests.", no_args_is_help=True)
 
@@ -100,3 +100,38 @@ def canary(
     console.print(table)
     if not answer["passed"]:
         raise typer.Exit(1)
+
+
+tools_app = typer.Typer(
+    help="llama.cpp's converters (HF -> GGUF, LoRA -> GGUF), installed for offline use.",
+    no_args_is_help=True,
+)
+
+
+@tools_app.command("install")
+def install_tools(
+    sdist: Annotated[Path, typer.Argument(help="The llama-cpp-python source package (.tar.gz)")],
+) -> None:
+    """Unpack llama.cpp's converters from the llama-cpp-python source package (`make setup`
+    does this); the same package again is a no-op."""
+    from cellar.llamacpp_tools import install
+
+    try:
+        where, written = install(sdist)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    verb = "installed" if written else "already installed"
+    console.print(f"llama.cpp converters {verb} in {where}", highlight=False, soft_wrap=True)
+
+
+@tools_app.command("show")
+def show_tools() -> None:
+    """Where the converters are, and whether they are installed."""
+    from cellar.llamacpp_tools import llama_cpp_version, script, tools_dir
+
+    console.print(f"{tools_dir()} (llama-cpp-python {llama_cpp_version()})", highlight=False)
+    try:
+        for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"):
+            console.print(f"  {script(name)}", highlight=False)
+    except StoreError as exc:
+        raise fail(str(exc), code=1) from None

@@ -76,8 +76,16 @@ class _Bar:
 
 
 def quantize(
-    model: Annotated[str, typer.Argument(help="A GGUF model in the store")],
-    to: Annotated[str, typer.Option("--to", help="f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0")],
+    model: Annotated[
+        str, typer.Argument(help="A model in the store: a GGUF, or a checkpoint (converted first)")
+    ],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="GGUF: f16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0; checkpoint: bnb-int8, bnb-nf4",
+        ),
+    ],
     name: Annotated[
         str | None, typer.Option(help="Name of the result (default: MODEL with the new type)")
     ] = None,

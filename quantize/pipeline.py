@@ -22,14 +22,17 @@ from cellar.fingerprint import artifact_quantization
 from cellar.gguf import GGUFError, quantization
 from cellar.store import Lineage, Manifest, ModelStore, tree_size
 from quantize.gguf import quantize_gguf
+from quantize.hf_to_gguf import convert as convert_hf
 from quantize.report import markdown
 from quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 
 DISK_MARGIN = 1.2
 
 
-def method(target: Target) -> str:
-    return "llama.cpp-quantize" if target.kind == "gguf" else "bitsandbytes"
+def method(target: Target, *, converted: bool = False) -> str:
+    if target.kind == "bnb":
+        return "bitsandbytes"
+    return "llama.cpp-convert+quantize" if converted else "llama.cpp-quantize"
 
 
 def make_bnb(source: Path, dst: Path, target: Target, log: Path) -> None:
@@ -94,34 +97,63 @@ def _tools() -> dict[str, str]:
     return tools
 
 
-def check_source(store: ModelStore, request: Request) -> tuple[Manifest, Path, str]:
-    """The source's manifest, artifact and quantization; refuses what cannot or should not run."""
+@dataclass(frozen=True)
+class Source:
+    manifest: Manifest
+    path: Path
+    type: str
+    """GGUF file type (f16, q4_k_m, ...) or a checkpoint's dtype (float32, ...)."""
+    converts: bool = False
+    """A checkpoint that llama.cpp's converter turns into a GGUF first."""
+    tokenizer_from: Manifest | None = None
+    """For a checkpoint going to GGUF: the GGUF it came from, whose tokenizer is carried over."""
+
+    @property
+    def lossy(self) -> bool:
+        return self.type not in UNQUANTIZED | FLOAT_DTYPES
+
+
+FLOAT_DTYPES = frozenset({"float32", "bfloat16", "float16"})
+
+
+def tokenizer_origin(store: ModelStore, manifest: Manifest) -> Manifest | None:
+    """The GGUF a checkpoint was made from, through checkpoints only (conversion, merges)."""
+    seen = set()
+    while manifest.format == "hf" and manifest.lineage and manifest.sha256 not in seen:
+        seen.add(manifest.sha256)
+        parent = store.find_sha(manifest.lineage.parent_sha256)
+        if parent is None:
+            return None
+        manifest = parent
+    return manifest if manifest.format == "gguf" else None
+
+
+def check_source(store: ModelStore, request: Request) -> Source:
+    """The source model and its type; refuses what cannot or should not run."""
     target = request.target
     manifest = store.get(request.model)
     if any(m.name == request.name for m in store.list()):
         raise QuantizeError(f"a model is already stored as {request.name!r}; choose another --name")
-    wanted = "gguf" if target.kind == "gguf" else "hf"
-    if manifest.format != wanted:
-        how = (
-            f"convert it first (`cellar models convert {request.model} --to hf`)"
-            if wanted == "hf"
-            else "pick a model stored as GGUF"
-        )
-        kinds = {"gguf": "a GGUF", "hf": "a Hugging Face checkpoint"}
+    if target.kind == "bnb" and manifest.format != "hf":
         raise QuantizeError(
-            f"--to {target.name} needs {kinds[wanted]} and {request.model} is "
-            f"{kinds[manifest.format]}; {how}."
+            f"--to {target.name} needs a Hugging Face checkpoint and {request.model} is a GGUF; "
+            f"convert it first (`cellar models convert {request.model} --to hf`)."
         )
     try:
         store.verify(request.model)
     except IntegrityError as exc:
         raise QuantizeError(f"the source is damaged: {exc}") from None
     path = store.file_of(manifest)
-    if wanted == "hf":
+    if manifest.format == "hf":
         source_type = artifact_quantization(path, "hf") or "unknown"
-        if source_type in ("bitsandbytes", "gptq", "awq", "fp8"):
-            raise QuantizeError(f"{request.model} is already quantized ({source_type})")
-        return manifest, path, source_type
+        if source_type not in FLOAT_DTYPES:
+            raise QuantizeError(
+                f"{request.model} is already quantized ({source_type}); quantize its "
+                "full-precision parent instead"
+            )
+        if target.kind == "bnb":
+            return Source(manifest, path, source_type)
+        return Source(manifest, path, source_type, True, tokenizer_origin(store, manifest))
     try:
         source_type = quantization(path) or "unknown"
     except GGUFError as exc:
@@ -132,16 +164,22 @@ def check_source(store: ModelStore, request: Request) -> tuple[Manifest, Path, s
             "quality twice. Start from an f16 or f32 model, or pass --allow-requantize (the "
             "result is then marked lossy)."
         )
-    return manifest, path, source_type
+    return Source(manifest, path, source_type)
 
 
-def check_disk(store: ModelStore, source: Path, source_type: str, target: Target) -> None:
-    """Enough free space for the result (estimated from bits per weight), checked up front."""
-    if target.kind == "bnb":  # embeddings stay in full precision: at most the source's size
-        needed = int(tree_size(source) * DISK_MARGIN)
+def check_disk(store: ModelStore, source: Source, target: Target) -> None:
+    """Enough free space for the result (estimated from bits per weight), and for the GGUF a
+    checkpoint is converted to first, checked up front."""
+    if source.converts:  # the checkpoint at its own precision, as a GGUF, then the result
+        size = tree_size(source.path)
+        bits = {"float32": 32.0}.get(source.type, 16.0)
+        needed = size + int(size * BITS_PER_WEIGHT.get(target.name, 16.0) / bits)
+    elif target.kind == "bnb":  # embeddings stay in full precision: at most the source's size
+        needed = tree_size(source.path)
     else:
-        ratio = BITS_PER_WEIGHT.get(target.name, 16.0) / BITS_PER_WEIGHT.get(source_type, 4.5)
-        needed = int(source.stat().st_size * max(ratio, 0.1) * DISK_MARGIN)
+        ratio = BITS_PER_WEIGHT.get(target.name, 16.0) / BITS_PER_WEIGHT.get(source.type, 4.5)
+        needed = int(source.path.stat().st_size * max(ratio, 0.1))
+    needed = int(needed * DISK_MARGIN)
     free = shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free
     if needed > free:
         raise QuantizeError(
@@ -185,33 +223,55 @@ def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
 def quantize_model(
     store: ModelStore, request: Request, progress: Progress
 ) -> tuple[Manifest, dict[str, Any]]:
-    manifest, source, source_type = check_source(store, request)
-    check_disk(store, source, source_type, request.target)
-    lossy = source_type not in UNQUANTIZED
+    source = check_source(store, request)
+    check_disk(store, source, request.target)
     report: dict[str, Any] = {}
+    converted_as: str | None = None
+
+    def to_gguf(staging: Path, log: Path) -> Path:
+        """The checkpoint as a GGUF at its own precision (removed after the build)."""
+        nonlocal converted_as
+        origin = source.tokenizer_from
+        carried = f", tokenizer from {origin.name}" if origin else ""
+        progress.stage(f"converting {request.model} to GGUF (llama.cpp's converter{carried})")
+        out = staging / "source.gguf"
+        converted_as = convert_hf(
+            source.path,
+            out,
+            name=request.model,
+            log=log,
+            tokenizer_from=store.file_of(origin) if origin else None,
+            progress=progress.tensors,
+        )
+        return out
 
     def build(path: Path) -> None:
-        progress.stage(f"quantizing {request.model} ({source_type}) to {request.target.name}")
         log = path.parent / "quantize.log"
-        if request.target.kind == "gguf":
-            quantize_gguf(
-                source,
-                path,
-                request.target,
-                threads=request.threads,
-                allow_requantize=request.allow_requantize,
-                log=log,
-                progress=progress.tensors,
-            )
-        else:
-            make_bnb(source, path, request.target, log)
-        progress.stage("measuring perplexity, KL divergence, golden prompts and speed")
-        report.update(evaluate(source, path, request))
+        reference = to_gguf(path.parent, log) if source.converts else source.path
+        try:
+            progress.stage(f"quantizing {request.model} ({source.type}) to {request.target.name}")
+            if request.target.kind == "gguf":
+                quantize_gguf(
+                    reference,
+                    path,
+                    request.target,
+                    threads=request.threads,
+                    allow_requantize=request.allow_requantize,
+                    log=log,
+                    progress=progress.tensors,
+                )
+            else:
+                make_bnb(reference, path, request.target, log)
+            progress.stage("measuring perplexity, KL divergence, golden prompts and speed")
+            report.update(evaluate(reference, path, request))
+        finally:
+            if reference != source.path:
+                reference.unlink(missing_ok=True)
         increase = report["result_ppl"] / report["source_ppl"] - 1
         passed = increase <= request.limit
         report.update(
             source_name=request.model,
-            source_type=source_type,
+            source_type=source.type + (f" (as {converted_as} GGUF)" if converted_as else ""),
             target=request.target.name,
             eval_file=str(request.eval_file),
             ppl_increase=increase,
@@ -228,19 +288,26 @@ def quantize_model(
             )
 
     def lineage(_: Path) -> Lineage:
+        parameters: dict[str, Any] = {
+            "target": request.target.name,
+            "ftype": request.target.ftype,
+            "threads": request.threads,
+            "allow_requantize": request.allow_requantize,
+            "lossy": source.lossy,
+            "forced": not report["gate"]["passed"],
+            "max_ppl_increase": request.limit,
+        }
+        if converted_as is not None:
+            origin = source.tokenizer_from
+            parameters["converted_as"] = converted_as
+            parameters["tokenizer_from"] = (
+                {"name": origin.name, "sha256": origin.sha256} if origin else "checkpoint"
+            )
         return Lineage(
             parent=request.model,
-            parent_sha256=manifest.sha256,
-            method=method(request.target),
-            parameters={
-                "target": request.target.name,
-                "ftype": request.target.ftype,
-                "threads": request.threads,
-                "allow_requantize": request.allow_requantize,
-                "lossy": lossy,
-                "forced": not report["gate"]["passed"],
-                "max_ppl_increase": request.limit,
-            },
+            parent_sha256=source.manifest.sha256,
+            method=method(request.target, converted=converted_as is not None),
+            parameters=parameters,
             tools=_tools(),
             report={
                 key: report[key]
@@ -254,7 +321,8 @@ def quantize_model(
         f"{request.name}.gguf" if gguf else request.name,
         build,
         fmt="gguf" if gguf else "hf",
-        source=f"{method(request.target)} {request.model} --to {request.target.name}",
+        source=f"{method(request.target, converted=source.converts)} {request.model} "
+        f"--to {request.target.name}",
         lineage=lineage,
     )
     return made, report

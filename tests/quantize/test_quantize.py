@@ -11,10 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from cellar.gguf import read_metadata
 from cellar.store import ModelStore
 from tests.gateway import BUNDLED_NAME, HF_NAME, start_gateway
 
@@ -269,3 +271,44 @@ def test_bnb_nf4_checkpoint_loads_and_generates(converted_store: ModelStore) -> 
     )
     count, layer = generated.stdout.split()[-2:]
     assert int(count) == 6 and layer == "Linear4bit"
+
+
+def test_checkpoint_to_gguf(converted_store: ModelStore, made: ModelStore, tmp_path: Path) -> None:
+    """A checkpoint goes to GGUF through llama.cpp's converter, at its own precision (f32), with
+    the bundled GGUF's tokenizer carried over: perplexity then matches the GGUF path's."""
+    root = converted_store.root
+    name = "gemma-hf-q8_0"
+    done = cellar("quantize", HF_NAME, "--to", "q8_0", "--name", name, "--store", str(root))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"tokenizer from {BUNDLED_NAME}" in done.stderr
+    manifest = converted_store.get(name)
+    bundled = converted_store.get(BUNDLED_NAME)
+    assert manifest.lineage is not None and manifest.lineage.report is not None
+    assert manifest.lineage.method == "llama.cpp-convert+quantize"
+    parameters = manifest.lineage.parameters
+    assert parameters["converted_as"] == "f32" and parameters["lossy"] is False
+    assert parameters["tokenizer_from"] == {"name": BUNDLED_NAME, "sha256": bundled.sha256}
+    figures = manifest.lineage.report
+    # the f32 GGUF of the checkpoint scores like the f16 made from the bundled GGUF directly
+    f16 = made.get(F16).lineage
+    assert f16 is not None and f16.report is not None
+    assert abs(figures["source_ppl"] / f16.report["result_ppl"] - 1) < 0.001
+    assert figures["eval_tokens"] == f16.report["eval_tokens"]
+    assert abs(figures["ppl_increase"]) <= 0.02
+    ours, our_arrays = read_metadata(converted_store.file_of(manifest))
+    theirs, their_arrays = read_metadata(converted_store.file_of(bundled))
+
+    def tokenizer(keys: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in keys.items() if key.startswith("tokenizer.")}
+
+    assert tokenizer(ours) == tokenizer(theirs) and tokenizer(theirs)
+    assert tokenizer(our_arrays) == tokenizer(their_arrays)  # tokens, scores, types: lengths
+    assert ours["tokenizer.ggml.model"] == "llama"  # SentencePiece, not a rebuilt BPE
+    assert ours["general.file_type"] == 7  # Q8_0
+    assert not list((root / name).glob("*source*"))  # the f32 intermediate is gone
+    chain = json.loads(cellar("models", "show", name, "--store", str(root)).stdout)["chain"]
+    assert [step.get("name") for step in chain[:3]] == [name, HF_NAME, BUNDLED_NAME]
+    model = {"name": name, "source": f"store:{name}", "chat_template": "gemma", "preload": True}
+    with start_gateway(tmp_path, root, [model]) as gw:
+        answer = gw.client().completions.create(model=name, prompt="Hello", max_tokens=4)
+        assert answer.usage is not None and answer.usage.completion_tokens == 4
