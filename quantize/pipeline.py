@@ -17,6 +17,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from cellar import llamacpp_tools
 from cellar.errors import IntegrityError
 from cellar.fingerprint import artifact_quantization
 from cellar.gguf import GGUFError, quantization
@@ -153,6 +154,7 @@ def check_source(store: ModelStore, request: Request) -> Source:
             )
         if target.kind == "bnb":
             return Source(manifest, path, source_type)
+        llamacpp_tools.script("convert_hf_to_gguf.py")  # installed, or say how to install it
         return Source(manifest, path, source_type, True, tokenizer_origin(store, manifest))
     try:
         source_type = quantization(path) or "unknown"

