@@ -10,6 +10,7 @@ import typer
 
 from cellar.cli_bench import bench_app
 from cellar.cli_common import ConfigOpt, console, fail
+from cellar.cli_finetune import finetune
 from cellar.cli_keys import keys_app
 from cellar.cli_models import models_app
 from cellar.cli_ops import audit_app, canary, tools_app
@@ -30,6 +31,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(tools_app, name="tools")
 app.command()(canary)
 app.command()(quantize)
+app.command()(finetune)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cellar.config import ENV_STORE, CellarConfig
 from cellar.errors import IntegrityError, StoreError
+from cellar.gguf import GGUFError, read_metadata
 
 MANIFEST = "manifest.json"
 GGUF_MAGIC = b"GGUF"
@@ -33,7 +34,10 @@ _CHUNK = 4 << 20
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("*.safetensors", "*.bin")
 
-Format = Literal["gguf", "hf"]
+Format = Literal["gguf", "hf", "peft", "gguf-lora"]
+"""A model (GGUF file, Hugging Face checkpoint) or a LoRA adapter (PEFT directory, GGUF file)."""
+ADAPTER_FORMATS: tuple[Format, ...] = ("peft", "gguf-lora")
+PEFT_CONFIG = "adapter_config.json"
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes total) while a long file operation runs."""
 
@@ -76,8 +80,13 @@ def default_store_root(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def sniff_format(path: Path) -> Format:
-    """The model format of a file (magic bytes) or a directory (a Hugging Face checkpoint)."""
+    """The format of a file (magic bytes; a GGUF says whether it is an adapter) or a directory
+    (a Hugging Face checkpoint, or a PEFT adapter)."""
     if path.is_dir():
+        if (path / PEFT_CONFIG).is_file():
+            if not any(path.glob("adapter_model.*")):
+                raise StoreError(f"{path}: a PEFT adapter without weights (adapter_model.*)")
+            return "peft"
         if not (path / HF_CONFIG).is_file():
             raise StoreError(f"{path}: not a Hugging Face checkpoint (no {HF_CONFIG})")
         if not any(any(path.glob(pattern)) for pattern in HF_WEIGHTS):
@@ -85,9 +94,15 @@ def sniff_format(path: Path) -> Format:
         return "hf"
     with path.open("rb") as handle:
         magic = handle.read(4)
-    if magic == GGUF_MAGIC:
-        return "gguf"
-    raise StoreError(f"{path}: not a GGUF file (it starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    if magic != GGUF_MAGIC:
+        raise StoreError(
+            f"{path}: not a GGUF file (it starts with {magic!r}, expected {GGUF_MAGIC!r})"
+        )
+    try:
+        kind = read_metadata(path)[0].get("general.type")
+    except (GGUFError, OSError):
+        kind = None  # a damaged header is reported when the model is loaded
+    return "gguf-lora" if kind == "adapter" else "gguf"
 
 
 def _files(root: Path) -> list[Path]:

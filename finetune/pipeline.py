@@ -1,0 +1,329 @@
+"""`cellar finetune`: base, data, training, then the adapter into the store in two forms.
+
+1. The base is a checkpoint in the store; a GGUF is converted first (`cellar models convert`),
+   or its converted checkpoint is reused.
+2. The data is read, checked and tokenized (finetune/data.py) before anything trains.
+3. Training runs in `<store>/.finetune/<name>/` (checkpoints; `--resume` continues there).
+4. The outputs are registered with their lineage: the PEFT adapter `NAME` (vLLM), its GGUF
+   `NAME-gguf` made by llama.cpp's `convert_lora_to_gguf.py` (llama.cpp), and with `--merge` a
+   merged checkpoint `NAME-merged` (which `cellar quantize` turns into a GGUF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cellar import llamacpp_tools
+from cellar.chat import ChatTemplate
+from cellar.convert import convert_to_hf
+from cellar.errors import IntegrityError, StoreError
+from cellar.store import Lineage, Manifest, ModelStore, sha256_file
+from finetune.data import DataError, Encoded, Encoder, encode_all, read_examples
+from finetune.train import Hyper, Outcome, Progress, train
+
+RUNS = ".finetune"
+RUN_FILE = "run.json"
+HOLD_OUT = 0.1
+"""Share of the examples held out for evaluation when no --eval file is given (at least 1,
+when there are 5 examples or more)."""
+_TOOLS = ("cellarlm", "torch", "transformers", "peft", "bitsandbytes", "llama-cpp-python")
+_NOT_WEIGHTS = {"config.json", "model.safetensors.index.json"}
+
+
+class FinetuneError(Exception):
+    """A fine-tune that cannot start or did not finish; the message says why."""
+
+
+@dataclass
+class Request:
+    base: str
+    data: Path
+    name: str
+    hyper: Hyper
+    template: str | None
+    """Chat template text (the server's for this model), or None for completion data only."""
+    eval_data: Path | None = None
+    resume: bool = False
+    restart: bool = False
+    merge: bool = False
+    threads: int | None = None
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    run_dir: Path
+    base: Manifest
+    registered: list[Manifest] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _tools() -> dict[str, str]:
+    found = {}
+    for name in _TOOLS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def resolve_base(store: ModelStore, name: str, say: Callable[[str], None]) -> Manifest:
+    """The checkpoint to train on: `name` itself, or the checkpoint converted from that GGUF
+    (made now, and said so, when there is none)."""
+    manifest = store.get(name)
+    if manifest.format == "hf":
+        return manifest
+    if manifest.format != "gguf":
+        raise FinetuneError(f"{name} is a {manifest.format} adapter, not a base model")
+    for child in store.children(manifest.sha256):
+        if child.format == "hf" and child.lineage and child.lineage.method == "gguf-to-hf":
+            say(f"training on {child.name}, the checkpoint converted from {name}")
+            return child
+    say(f"{name} is a GGUF: converting it to a checkpoint first ({name}-hf)")
+    return convert_to_hf(store, name, f"{name}-hf", say)
+
+
+def _split(examples: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    if len(examples) < 5:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = max(1, round(len(examples) * HOLD_OUT))
+    chosen = set(order[:held])
+    kept = [e for i, e in enumerate(examples) if i not in chosen]
+    return kept, [e for i, e in enumerate(examples) if i in chosen]
+
+
+def prepare_data(
+    request: Request, base_dir: Path
+) -> tuple[list[Encoded], list[Encoded], int, dict[str, Any]]:
+    """Tokenized training and evaluation sets, the pad id, and what describes the data."""
+    from transformers import AutoTokenizer
+
+    examples = read_examples(request.data)
+    held: list[Any] = read_examples(request.eval_data) if request.eval_data else []
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    template = None
+    if request.template is not None:
+        template = ChatTemplate(
+            request.template,
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+        )
+    encoder = Encoder(
+        lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        template,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+    )
+    encoded = encode_all(encoder, examples, request.data, request.hyper.max_length)
+    if request.eval_data is not None:
+        evals = encode_all(encoder, held, request.eval_data, request.hyper.max_length)
+        trains, split = encoded, "file"
+    else:
+        trains, evals = _split(encoded, request.hyper.seed)
+        split = f"held out {len(evals)} of {len(encoded)}" if evals else "none (under 5 examples)"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    described = {
+        "file": str(request.data),
+        "sha256": sha256_file(request.data),
+        "examples": len(trains),
+        "trained_tokens": sum(e.trained_tokens for e in trains),
+        "eval": {
+            "file": str(request.eval_data) if request.eval_data else None,
+            "sha256": sha256_file(request.eval_data) if request.eval_data else None,
+            "examples": len(evals),
+            "split": split,
+        },
+        "chat_template_sha256": (
+            hashlib.sha256(request.template.encode()).hexdigest() if request.template else None
+        ),
+    }
+    return trains, evals, pad, described
+
+
+def _run_dir(store: ModelStore, request: Request, fingerprint: dict[str, Any]) -> Path:
+    """The run's directory: new, or the stopped run `--resume` continues (same base, data and
+    hyperparameters, or it is refused)."""
+    run_dir = store.root / RUNS / request.name
+    saved = run_dir / RUN_FILE
+    if request.restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if request.resume:
+        if not saved.is_file() or not any(run_dir.glob("checkpoint-*")):
+            raise FinetuneError(f"there is no stopped run named {request.name} to resume")
+        before = json.loads(saved.read_text())
+        if before != fingerprint:
+            changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+            raise FinetuneError(
+                f"run {request.name} was started with a different {', '.join(changed)}; "
+                "--restart discards it"
+            )
+        return run_dir
+    if run_dir.exists() and any(run_dir.glob("checkpoint-*")):
+        raise FinetuneError(
+            f"a stopped run named {request.name} has checkpoints in {run_dir}: --resume "
+            "continues it, --restart discards it"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(fingerprint, indent=1))
+    return run_dir
+
+
+def lora_to_gguf(adapter: Path, base: Path, out: Path, log: Path) -> None:
+    """llama.cpp's convert_lora_to_gguf.py, offline, in a child process (output to `log`)."""
+    script = llamacpp_tools.script("convert_lora_to_gguf.py")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(llamacpp_tools.gguf_py()), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    argv = [sys.executable, str(script), str(adapter), "--base", str(base)]
+    argv += ["--outfile", str(out), "--outtype", "f32"]
+    with log.open("ab") as sink:
+        done = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        last = log.read_text(errors="replace").strip().splitlines()[-4:]
+        raise FinetuneError(
+            f"convert_lora_to_gguf.py failed (exit code {done.returncode}); the end of its log "
+            f"({log}):\n  " + "\n  ".join(last)
+        )
+
+
+def merge(base: Path, adapter: Path, out: Path) -> None:
+    """The adapter folded into a full-precision copy of the base, with the base's tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype="float32")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(str(out))
+    for file in base.iterdir():
+        weights = file.suffix in (".safetensors", ".bin") or file.name in _NOT_WEIGHTS
+        if file.is_file() and not weights:
+            shutil.copy2(file, out / file.name)
+
+
+def run(
+    store: ModelStore, request: Request, progress: Progress, say: Callable[[str], None]
+) -> Result:
+    """Check, train, register. DataError / FinetuneError / StoreError say why it cannot run."""
+    taken = {m.name for m in store.list()}
+    names = [request.name, f"{request.name}-gguf"] + ([f"{request.name}-merged"] * request.merge)
+    clash = [n for n in names if n in taken]
+    if clash:
+        raise FinetuneError(f"a model is already stored as {clash[0]!r}; choose another --name")
+    if request.hyper.method not in ("lora", "qlora"):
+        raise FinetuneError(f"unknown method {request.hyper.method!r}; choose lora or qlora")
+    llamacpp_tools.script("convert_lora_to_gguf.py")  # installed, or say how to install it
+    base = resolve_base(store, request.base, say)
+    try:
+        store.verify(base.name)
+    except IntegrityError as exc:
+        raise FinetuneError(f"the base is damaged: {exc}") from None
+    base_dir = store.file_of(base)
+    trains, evals, pad, data = prepare_data(request, base_dir)
+    say(
+        f"{data['examples']} training examples ({data['trained_tokens']} tokens learned), "
+        f"{len(evals)} for evaluation ({data['eval']['split']})"
+    )
+    fingerprint = {
+        "base_sha256": base.sha256,
+        "data": data,
+        "hyperparameters": request.hyper.as_dict(),
+    }
+    run_dir = _run_dir(store, request, fingerprint)
+    if request.threads:
+        import torch
+
+        torch.set_num_threads(request.threads)
+    started = time.monotonic()
+    model, outcome = train(
+        base_dir,
+        run_dir,
+        trains,
+        evals,
+        request.hyper,
+        pad=pad,
+        resume=request.resume,
+        progress=progress,
+    )
+    result = Result(outcome, run_dir, base, seconds=time.monotonic() - started)
+    if outcome.stopped:
+        return result
+    figures = {
+        "steps": outcome.steps,
+        "train_loss": outcome.train_loss,
+        "eval_loss_start": outcome.first_eval_loss,
+        "eval_loss": outcome.eval_loss,
+        "eval_history": outcome.eval_history,
+        "seconds": round(result.seconds, 1),
+    }
+    parameters = {**request.hyper.as_dict(), "data": data}
+    adapter = store.add(
+        request.name,
+        request.name,
+        lambda out: model.save_pretrained(str(out)),
+        fmt="peft",
+        source=f"finetune {request.hyper.method} {base.name} --data {request.data.name}",
+        lineage=Lineage(
+            parent=base.name,
+            parent_sha256=base.sha256,
+            method=request.hyper.method,
+            parameters=parameters,
+            tools=_tools(),
+            report=figures,
+        ),
+    )
+    result.registered.append(adapter)
+    adapter_dir = store.file_of(adapter)
+    result.registered.append(
+        store.add(
+            f"{request.name}-gguf",
+            f"{request.name}.gguf",
+            lambda out: lora_to_gguf(adapter_dir, base_dir, out, run_dir / "convert.log"),
+            fmt="gguf-lora",
+            source=f"convert_lora_to_gguf {adapter.name}",
+            lineage=Lineage(
+                parent=adapter.name,
+                parent_sha256=adapter.sha256,
+                method="lora-to-gguf",
+                parameters={"outtype": "f32", "base": base.name},
+                tools=_tools(),
+            ),
+        )
+    )
+    if request.merge:
+        result.registered.append(
+            store.add(
+                f"{request.name}-merged",
+                "hf",
+                lambda out: merge(base_dir, adapter_dir, out),
+                fmt="hf",
+                source=f"merge {adapter.name} into {base.name}",
+                lineage=Lineage(
+                    parent=base.name,
+                    parent_sha256=base.sha256,
+                    method="lora-merge",
+                    parameters={"adapter": adapter.name, "adapter_sha256": adapter.sha256},
+                    tools=_tools(),
+                ),
+            )
+        )
+    return result
+
+
+__all__ = ["DataError", "FinetuneError", "Hyper", "Request", "Result", "StoreError", "run"]
