@@ -164,6 +164,26 @@ class WarmupSettings(Strict):
     max_tokens: int = Field(16, ge=1, description="Tokens generated per warm-up prompt.")
 
 
+class AdapterDeployment(Strict):
+    """A LoRA adapter served on top of its deployment's model."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Clients ask for `MODEL:NAME` (MODEL: the deployment's name).",
+    )
+    source: str = Field(
+        ...,
+        description="`store:NAME` for an adapter made by `cellar finetune` (its PEFT form serves "
+        "vLLM, its GGUF form llama.cpp), or a path to a PEFT directory or an adapter .gguf.",
+    )
+    aliases: list[str] = Field(
+        default_factory=list, description="More names clients may ask for to get this adapter."
+    )
+    scale: float = Field(1.0, gt=0, description="Strength of the adapter (llama.cpp).")
+
+
 class ModelDeployment(Strict):
     """One model served by the gateway under `name`."""
 
@@ -221,6 +241,20 @@ class ModelDeployment(Strict):
     canary: list[GoldenPrompt] = Field(
         default_factory=list, description="Golden prompts the canary checks (see `canary:`)."
     )
+    adapters: list[AdapterDeployment] = Field(
+        default_factory=list,
+        description="LoRA adapters served on this model, each under `MODEL:NAME` and its aliases.",
+    )
+
+    def served_names(self) -> dict[str, AdapterDeployment | None]:
+        """Every name clients may ask for -> the adapter it means (None: the model itself)."""
+        names: dict[str, AdapterDeployment | None] = {self.name: None}
+        for adapter in self.adapters:
+            for name in (f"{self.name}:{adapter.name}", *adapter.aliases):
+                if name in names:
+                    raise ValueError(f"model name {name!r} is used twice")
+                names[name] = adapter
+        return names
 
 
 class CellarConfig(Strict):
@@ -241,9 +275,10 @@ class CellarConfig(Strict):
     def _unique_names(cls, models: list[ModelDeployment]) -> list[ModelDeployment]:
         seen: set[str] = set()
         for deployment in models:
-            if deployment.name in seen:
-                raise ValueError(f"model name {deployment.name!r} is used twice")
-            seen.add(deployment.name)
+            for name in deployment.served_names():
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used twice")
+                seen.add(name)
         return models
 
 

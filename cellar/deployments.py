@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cellar.adapters import ResolvedAdapter, resolve_adapter
 from cellar.chat import load_template_spec
 from cellar.config import CellarConfig, ModelDeployment
 from cellar.errors import ConfigError, StoreError
@@ -65,6 +66,8 @@ class ResolvedDeployment:
     engine_reason: str
     artifact: Artifact
     chat_template: str | None
+    adapters: tuple[ResolvedAdapter, ...] = ()
+    """LoRA adapters, in the form the chosen engine needs."""
 
     @property
     def path(self) -> Path:
@@ -79,10 +82,19 @@ def _store_artifact(store: ModelStore, manifest: Manifest) -> Artifact:
     return Artifact(store.file_of(manifest), manifest.format, manifest)
 
 
+SAME_WEIGHTS = frozenset({"gguf-to-hf"})
+"""Lineage methods whose result holds the same weights as its parent in another format."""
+
+
 def _siblings(store: ModelStore, manifest: Manifest) -> list[Manifest]:
-    """The model's parent and its children in the store (by lineage)."""
-    related = store.children(manifest.sha256)
-    if manifest.lineage is not None:
+    """The model in its other format: its parent or its children by a same-weights conversion
+    (not a quantization, and not an adapter trained on it)."""
+    related = [
+        child
+        for child in store.children(manifest.sha256)
+        if child.lineage is not None and child.lineage.method in SAME_WEIGHTS
+    ]
+    if manifest.lineage is not None and manifest.lineage.method in SAME_WEIGHTS:
         parent = store.find_sha(manifest.lineage.parent_sha256)
         if parent is not None:
             related.append(parent)
@@ -129,7 +141,15 @@ def resolve_one(
             template = load_template_spec(spec.chat_template, base_dir)
         except ValueError as exc:
             raise ConfigError(f"{key}.chat_template: {exc}") from None
-    return ResolvedDeployment(spec, choice.engine, choice.reason, choice.artifact, template)
+    adapters = []
+    for index, adapter in enumerate(spec.adapters):
+        try:
+            adapters.append(resolve_adapter(adapter, spec.name, choice.engine, store, base_dir))
+        except StoreError as exc:
+            raise ConfigError(f"{key}.adapters[{index}].source: {exc}") from None
+    return ResolvedDeployment(
+        spec, choice.engine, choice.reason, choice.artifact, template, tuple(adapters)
+    )
 
 
 def resolve_deployments(

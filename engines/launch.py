@@ -60,7 +60,11 @@ class ProcessLauncher:
         if deployment.engine == "vllm":
             return launch_vllm(deployment, self.log_level)
         spec = worker_spec(
-            deployment.spec, deployment.path, deployment.chat_template, self.log_level
+            deployment.spec,
+            deployment.path,
+            deployment.chat_template,
+            self.log_level,
+            deployment.adapters,
         )
         return launch_llamacpp(spec)
 

@@ -117,6 +117,7 @@ class CompletionService:
             ) from None
         try:
             payload = lease.engine.prepare(path, body.model_dump(exclude_unset=True, by_alias=True))
+            payload["model"] = self.supervisor.worker_name(body.model)
         except BaseException:
             lease.release()
             raise

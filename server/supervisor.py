@@ -83,13 +83,36 @@ class Supervisor:
                 context_window=context_window(resolved),
                 gpu_claims=gpu_claims(resolved),
             )
+        self._routes: dict[str, tuple[Deployment, str]] = {}
+        """Every name clients may ask for -> its deployment and the name its worker serves."""
+        for deployment in self._deployments.values():
+            self._routes[deployment.resolved.spec.name] = (
+                deployment,
+                deployment.resolved.spec.name,
+            )
+            for adapter in deployment.resolved.adapters:
+                for name in (adapter.name, *adapter.aliases):
+                    self._routes[name] = (deployment, adapter.name)
         self._budget_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
         self._last_health = 0.0
 
     @property
     def names(self) -> list[str]:
+        """The deployments' names."""
         return list(self._deployments)
+
+    def served(self) -> list[tuple[str, str | None]]:
+        """Every name clients may ask for, with the model it is an adapter of (or None)."""
+        found = []
+        for name, (deployment, _) in self._routes.items():
+            base = deployment.resolved.spec.name
+            found.append((name, None if name == base else base))
+        return found
+
+    def worker_name(self, name: str) -> str:
+        """The name the worker serves for a requested one (an adapter's alias -> MODEL:ADAPTER)."""
+        return self._routes[name][1] if name in self._routes else name
 
     @property
     def budget_bytes(self) -> int:
@@ -103,12 +126,13 @@ class Supervisor:
         self._monitor = asyncio.create_task(self._watch())
 
     def get(self, name: str) -> Deployment:
+        """The deployment serving `name` (a model, or one of its adapters)."""
         try:
-            return self._deployments[name]
+            return self._routes[name][0]
         except KeyError:
             raise ModelNotFound(
                 f"The model `{name}` does not exist. Available models: "
-                f"{', '.join(self._deployments) or 'none'}.",
+                f"{', '.join(self._routes) or 'none'}.",
                 param="model",
             ) from None
 

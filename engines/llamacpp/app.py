@@ -76,12 +76,12 @@ class WorkerService:
         self.model = loaded.model
         self.vocab = loaded.native.vocab
         self.scheduler = scheduler
+        self.adapters = list(loaded.adapters)
 
     def check_model(self, body: Body) -> None:
-        if body.model != self.model.name:
-            raise ModelNotFound(
-                f"this worker serves {self.model.name!r}, not {body.model!r}", param="model"
-            )
+        if body.model != self.model.name and body.model not in self.adapters:
+            served = ", ".join([self.model.name, *self.adapters])
+            raise ModelNotFound(f"this worker serves {served}, not {body.model!r}", param="model")
 
     async def run(
         self, request: Request, kind: Kind, body: Body, prompt: list[int], requested: int | None
@@ -91,8 +91,9 @@ class WorkerService:
         grammar = grammar_for(body.response_format)
         if grammar is not None:
             check_grammar(self.vocab, grammar)
-        job = self.scheduler.submit(prompt, _sampling(body, budget, grammar))
-        shaper = Shaper(kind, self.model.name, logprobs=body.top_logprob_count() is not None)
+        adapter = body.model if body.model in self.adapters else None
+        job = self.scheduler.submit(prompt, _sampling(body, budget, grammar), adapter)
+        shaper = Shaper(kind, body.model, logprobs=body.top_logprob_count() is not None)
         if body.stream:
 
             async def cancel() -> None:
@@ -113,6 +114,7 @@ class WorkerService:
             "prompt_tokens_evaluated": counters.prompt_tokens_evaluated,
             "prompt_tokens_cached": counters.prompt_tokens_cached,
             "decode_steps": counters.decode_steps,
+            "adapter_switches": counters.adapter_switches,
         }
 
 
@@ -131,8 +133,13 @@ def create_worker_app(service: WorkerService) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        entry = {"id": service.model.name, "object": "model", "created": 0, "owned_by": "cellar"}
-        return {"object": "list", "data": [entry]}
+        base = service.model.name
+        data = [{"id": base, "object": "model", "created": 0, "owned_by": "cellar"}]
+        data += [
+            {"id": name, "object": "model", "created": 0, "owned_by": "cellar", "parent": base}
+            for name in service.adapters
+        ]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:

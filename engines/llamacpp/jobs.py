@@ -64,6 +64,8 @@ class Job:
     prompt: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    adapter: str | None = None
+    """The LoRA adapter this job decodes with (its served name); None: the base model."""
     completion_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens whose KV was reused from an earlier request instead of computed."""

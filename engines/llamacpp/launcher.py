@@ -9,14 +9,19 @@ from typing import Any
 
 import httpx
 
+from cellar.adapters import ResolvedAdapter
 from cellar.config import ModelDeployment
 from cellar.hardware import is_apple_silicon
-from engines.llamacpp.spec import WorkerSpec
+from engines.llamacpp.spec import WorkerAdapter, WorkerSpec
 from engines.process import WorkerProcess, free_port
 
 
 def worker_spec(
-    deployment: ModelDeployment, model_path: Path, chat_template: str | None, log_level: str
+    deployment: ModelDeployment,
+    model_path: Path,
+    chat_template: str | None,
+    log_level: str,
+    adapters: tuple[ResolvedAdapter, ...] = (),
 ) -> WorkerSpec:
     settings = deployment.llamacpp
     n_gpu_layers = settings.n_gpu_layers
@@ -32,6 +37,7 @@ def worker_spec(
         n_gpu_layers=n_gpu_layers,
         chat_template=chat_template,
         log_level=log_level,
+        adapters=tuple(WorkerAdapter(name=a.name, path=a.path, scale=a.scale) for a in adapters),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,13 @@ import llama_cpp
 from cellar.chat import ChatTemplate
 from cellar.errors import ContextLengthExceeded, InvalidRequest
 from cellar.protocol import ChatMessage
-from engines.llamacpp.native import BatchedContext, ContextShape, NativeError, NativeModel
+from engines.llamacpp.native import (
+    BatchedContext,
+    ContextShape,
+    NativeAdapter,
+    NativeError,
+    NativeModel,
+)
 from engines.llamacpp.spec import WorkerSpec
 
 GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
@@ -29,6 +35,14 @@ class Loaded:
     model: LoadedModel
     native: NativeModel
     context: BatchedContext
+    adapters: dict[str, NativeAdapter] = field(default_factory=dict)
+    """Served name (`MODEL:ADAPTER`) -> its loaded LoRA adapter."""
+
+    def close(self) -> None:
+        self.context.close()
+        for adapter in self.adapters.values():
+            adapter.close()
+        self.native.close()
 
 
 def load(spec: WorkerSpec) -> Loaded:
@@ -47,9 +61,10 @@ def load(spec: WorkerSpec) -> Loaded:
         native = NativeModel(path, spec.n_gpu_layers)
         shape = ContextShape(spec.n_ctx, spec.n_parallel, spec.n_batch, spec.threads())
         context = BatchedContext(native, shape)
+        adapters = {a.name: NativeAdapter(native, a.path, a.scale) for a in spec.adapters}
     except NativeError as exc:
         raise ModelLoadError(str(exc)) from None
-    return Loaded(LoadedModel(spec, vocab), native, context)
+    return Loaded(LoadedModel(spec, vocab), native, context, adapters)
 
 
 class LoadedModel:

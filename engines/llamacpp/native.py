@@ -54,6 +54,25 @@ class NativeModel:
             self.ptr = None
 
 
+class NativeAdapter:
+    """A GGUF LoRA adapter loaded for a model; applies to a whole context at a time."""
+
+    def __init__(self, model: NativeModel, path: Path, scale: float) -> None:
+        self.path = path
+        self.scale = scale
+        self.ptr = llama_cpp.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not self.ptr:
+            raise NativeError(
+                f"llama.cpp could not load the LoRA adapter {path}: not a GGUF adapter, or made "
+                "for another base model"
+            )
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_adapter_lora_free(self.ptr)
+            self.ptr = None
+
+
 class BatchedContext:
     """One llama.cpp context holding `n_parallel` sequences, and the batch that feeds it."""
 
@@ -80,6 +99,22 @@ class BatchedContext:
         self._memory = llama_cpp.llama_get_memory(self.ptr)
         self._batch = llama_cpp.llama_batch_init(shape.n_batch, 0, 1)
         self.n_tokens = 0
+        self.adapter: NativeAdapter | None = None
+
+    def use_adapter(self, adapter: NativeAdapter | None) -> bool:
+        """Decode with `adapter` (None: the base model) from now on; True if it changed."""
+        if adapter is self.adapter:
+            return False
+        if adapter is None:
+            status = llama_cpp.llama_set_adapters_lora(self.ptr, None, 0, None)
+        else:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter.ptr)
+            scales = (ctypes.c_float * 1)(adapter.scale)
+            status = llama_cpp.llama_set_adapters_lora(self.ptr, adapters, 1, scales)
+        if status != 0:
+            raise NativeError(f"llama_set_adapters_lora failed with status {status}")
+        self.adapter = adapter
+        return True
 
     def clear_batch(self) -> None:
         self.n_tokens = 0

@@ -11,6 +11,11 @@ A slot keeps the KV of its last request after it finishes. A new request goes to
 whose cached tokens share the longest prefix with its prompt and computes only the rest. The
 last prompt token is always decoded in a step of its own, so a repeated request sees the same
 logits whether its prefix was cached or not.
+
+LoRA adapters apply to the whole context, so one step decodes the sequences of one adapter (or
+of the base model) only. When requests for several are running, the steps take turns between
+them, round robin. A slot's cached KV counts for prefix reuse only under the adapter that
+computed it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
-from engines.llamacpp.native import BatchedContext, NativeError, NativeModel
+from engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
 from engines.llamacpp.sampling import SequenceSampler, token_logprob
 from engines.llamacpp.textstream import TextStream
 
@@ -46,6 +51,8 @@ class Slot:
 
     seq: int
     cached: list[int] = field(default_factory=list)
+    adapter: str | None = None
+    """The adapter the cached KV was computed with."""
     busy: bool = False
     last_used: float = 0.0
 
@@ -76,17 +83,25 @@ class Counters:
     prompt_tokens_evaluated: int = 0
     prompt_tokens_cached: int = 0
     decode_steps: int = 0
+    adapter_switches: int = 0
 
 
 class BatchScheduler:
     """Owns the decode thread; `submit` and the properties are safe from the event loop."""
 
     def __init__(
-        self, model: NativeModel, context: BatchedContext, piece: Callable[[int], bytes]
+        self,
+        model: NativeModel,
+        context: BatchedContext,
+        piece: Callable[[int], bytes],
+        adapters: dict[str, NativeAdapter] | None = None,
     ) -> None:
         self._model = model
         self._ctx = context
         self._piece = piece
+        self._adapters = adapters or {}
+        self._turn: str | None = None
+        """The adapter whose sequences the last step decoded."""
         self._incoming: queue.Queue[Job | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._slots = [Slot(seq) for seq in range(context.shape.n_parallel)]
@@ -103,9 +118,10 @@ class BatchScheduler:
     def waiting(self) -> int:
         return len(self._waiting) + self._incoming.qsize()
 
-    def submit(self, prompt: list[int], params: SamplingParams) -> Job:
-        """Queue a job; call from the event loop that will read its pieces."""
-        job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop())
+    def submit(self, prompt: list[int], params: SamplingParams, adapter: str | None = None) -> Job:
+        """Queue a job (with one of the loaded adapters, or none); call from the event loop
+        that will read its pieces."""
+        job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop(), adapter=adapter)
         self._incoming.put(job)
         return job
 
@@ -146,19 +162,24 @@ class BatchScheduler:
         for active in [a for a in self._active if a.job.cancelled]:
             self._release(active)
 
-    def _pick_slot(self, prompt: list[int]) -> Slot | None:
+    def _pick_slot(self, job: Job) -> Slot | None:
         free = [slot for slot in self._slots if not slot.busy]
         if not free:
             return None
-        return max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+        return max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+
+    @staticmethod
+    def _reusable(slot: Slot, job: Job) -> int:
+        return common_prefix(slot.cached, job.prompt) if slot.adapter == job.adapter else 0
 
     def _admit(self) -> None:
         while self._waiting:
-            slot = self._pick_slot(self._waiting[0].prompt)
+            slot = self._pick_slot(self._waiting[0])
             if slot is None:
                 return
             job = self._waiting.popleft()
-            reuse = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+            reuse = min(self._reusable(slot, job), len(job.prompt) - 1)
+            slot.adapter = job.adapter
             try:
                 self._ctx.forget(slot.seq, reuse)
             except NativeError:  # this cache cannot cut a sequence there: compute it all
@@ -176,15 +197,28 @@ class BatchScheduler:
             text = TextStream(job.params.stop)
             self._active.append(Active(job, slot, job.prompt[reuse:], sampler, text))
 
+    def _next_turn(self) -> str | None:
+        """The adapter this step decodes for: round robin over those with running requests."""
+        groups = list(dict.fromkeys(active.job.adapter for active in self._active))
+        if len(groups) == 1 or self._turn not in groups:
+            return groups[0]
+        return groups[(groups.index(self._turn) + 1) % len(groups)]
+
     def _step(self) -> None:
         ctx = self._ctx
         ctx.clear_batch()
+        turn = self._next_turn()
+        if ctx.use_adapter(self._adapters[turn] if turn is not None else None):
+            self.counters.adapter_switches += 1
+        self._turn = turn
+        mine = [active for active in self._active if active.job.adapter == turn]
         for active in self._active:
             active.row = -1
+        for active in mine:
             if active.next_token is not None:
                 active.row = self._feed(active, active.next_token, logits=True)
                 active.next_token = None
-        for active in self._active:
+        for active in mine:
             if active.pending and ctx.batch_room:
                 self._prefill(active)
         ctx.decode()

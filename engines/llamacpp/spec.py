@@ -8,6 +8,16 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 
+class WorkerAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """What requests ask for: `MODEL:ADAPTER` (the gateway maps aliases to it)."""
+    path: Path
+    """A GGUF LoRA adapter."""
+    scale: float = 1.0
+
+
 class WorkerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -24,6 +34,7 @@ class WorkerSpec(BaseModel):
     chat_template: str | None
     """Template text from the config; overrides the GGUF's own template."""
     log_level: str = "info"
+    adapters: tuple[WorkerAdapter, ...] = ()
 
     def threads(self) -> int:
         return self.n_threads or len(os.sched_getaffinity(0))

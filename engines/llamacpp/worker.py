@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, ValueError) as exc:
         print(f"{FATAL_PREFIX}{exc}", flush=True)
         return EXIT_LOAD_FAILED
-    scheduler = BatchScheduler(loaded.native, loaded.context, loaded.model.piece)
+    scheduler = BatchScheduler(loaded.native, loaded.context, loaded.model.piece, loaded.adapters)
     app = create_worker_app(WorkerService(loaded, scheduler))
     config = uvicorn.Config(
         app,
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.Server(config).run()
     finally:
         scheduler.close()
-        loaded.context.close()
-        loaded.native.close()
+        loaded.close()
     return 0
 
 

@@ -84,12 +84,19 @@ def server_args(deployment: ResolvedDeployment, port: int, log_level: str) -> li
         args.append("--enforce-eager")
     if settings.distributed_executor_backend != "auto":
         args += ["--distributed-executor-backend", settings.distributed_executor_backend]
-    if settings.lora_modules:
-        args += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--lora-modules"]
-        args += [f"{name}={path}" for name, path in settings.lora_modules.items()]
+    modules = {**settings.lora_modules, **{a.name: str(a.path) for a in deployment.adapters}}
+    if modules:
+        ranks = [settings.max_lora_rank, *(a.rank for a in deployment.adapters if a.rank)]
+        rank = next(r for r in LORA_RANKS if r >= max(ranks))
+        args += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(modules))]
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in modules.items())]
     if deployment.chat_template is not None:
         args += ["--chat-template", str(template_file(deployment.chat_template))]
     return args + settings.extra_args
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ranks vLLM accepts for --max-lora-rank."""
 
 
 def worker_env(settings: VllmSettings, log_level: str) -> dict[str, str]:

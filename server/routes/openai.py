@@ -25,11 +25,19 @@ async def list_models(request: Request) -> dict[str, Any]:
     created = int(request.app.state.started_at)
     principal: Principal = getattr(request.state, "principal", OPEN)
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": "cellar"}
-        for name in service.supervisor.names
+        _card(name, created, parent)
+        for name, parent in service.supervisor.served()
         if principal.models is None or name in principal.models
     ]
     return {"object": "list", "data": data}
+
+
+def _card(name: str, created: int, parent: str | None) -> dict[str, Any]:
+    """A model's entry; an adapter's names its base model as `parent` (as vLLM's do)."""
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "cellar"}
+    if parent is not None:
+        card["parent"] = parent
+    return card
 
 
 @router.get("/v1/models/{model:path}")
@@ -37,9 +45,9 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     service = _service(request)
     principal: Principal = getattr(request.state, "principal", OPEN)
     principal.check_model(model)
-    service.supervisor.get(model)
+    base = service.supervisor.get(model).resolved.spec.name
     created = int(request.app.state.started_at)
-    return {"id": model, "object": "model", "created": created, "owned_by": "cellar"}
+    return _card(model, created, None if base == model else base)
 
 
 @router.post(CHAT_PATH)
