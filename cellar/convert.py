@@ -76,6 +76,29 @@ def gguf_to_hf(gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None
     tokenizer.add_bos_token = add_bos  # type: ignore[misc]  # it has a setter (typed as read-only)
     tokenizer.save_pretrained(out)
     _pin_bos(out / "tokenizer_config.json", add_bos)
+    step("listing the end-of-generation tokens")
+    _pin_eog(out / "generation_config.json", end_of_generation(gguf))
+
+
+def end_of_generation(gguf: Path) -> list[int]:
+    """Every token llama.cpp ends a generation at (EOS, and end-of-turn markers such as Gemma's
+    <end_of_turn>), read from the GGUF's vocabulary by llama.cpp itself."""
+    import llama_cpp
+
+    vocab_model = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(vocab_model.model)
+    count = llama_cpp.llama_vocab_n_tokens(vocab)
+    return [token for token in range(count) if llama_cpp.llama_vocab_is_eog(vocab, token)]
+
+
+def _pin_eog(path: Path, tokens: list[int]) -> None:
+    """`eos_token_id` as the list llama.cpp stops at, as Google's own Gemma 3 checkpoints do;
+    the vLLM worker sends it as `stop_token_ids`, so both engines stop at the same tokens."""
+    if not tokens:
+        return
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config["eos_token_id"] = tokens
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _pin_bos(path: Path, add_bos: bool) -> None:

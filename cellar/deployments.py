@@ -51,6 +51,9 @@ class EngineChoice:
     engine: EngineKind
     artifact: Artifact
     reason: str
+    mixes_adapters: bool = True
+    """Whether the engine decodes requests for different LoRA adapters in one batch correctly
+    (the gateway keeps them apart when not)."""
 
 
 Chooser = Callable[[ModelDeployment, Artifacts], EngineChoice]
@@ -68,6 +71,7 @@ class ResolvedDeployment:
     chat_template: str | None
     adapters: tuple[ResolvedAdapter, ...] = ()
     """LoRA adapters, in the form the chosen engine needs."""
+    mixes_adapters: bool = True
 
     @property
     def path(self) -> Path:
@@ -148,7 +152,13 @@ def resolve_one(
         except StoreError as exc:
             raise ConfigError(f"{key}.adapters[{index}].source: {exc}") from None
     return ResolvedDeployment(
-        spec, choice.engine, choice.reason, choice.artifact, template, tuple(adapters)
+        spec,
+        choice.engine,
+        choice.reason,
+        choice.artifact,
+        template,
+        tuple(adapters),
+        choice.mixes_adapters,
     )
 
 

