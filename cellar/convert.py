@@ -65,7 +65,15 @@ def gguf_to_hf(gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None
     step("reading the tokenizer from the GGUF")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     step("dequantizing the weights (transformers' GGUF loader)")
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # its own progress bar; the CLI shows the step
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     # The weights are plain float tensors now; the GGUF marker only blocks save_pretrained.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -85,10 +93,17 @@ def end_of_generation(gguf: Path) -> list[int]:
     <end_of_turn>), read from the GGUF's vocabulary by llama.cpp itself."""
     import llama_cpp
 
-    vocab_model = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    vocab = llama_cpp.llama_model_get_vocab(vocab_model.model)
-    count = llama_cpp.llama_vocab_n_tokens(vocab)
-    return [token for token in range(count) if llama_cpp.llama_vocab_is_eog(vocab, token)]
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise StoreError(f"{gguf}: llama.cpp cannot read its vocabulary")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        count = llama_cpp.llama_vocab_n_tokens(vocab)
+        return [token for token in range(count) if llama_cpp.llama_vocab_is_eog(vocab, token)]
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 def _pin_eog(path: Path, tokens: list[int]) -> None:

@@ -30,7 +30,7 @@ from cellar.chat import ChatTemplate
 from cellar.convert import convert_to_hf
 from cellar.errors import IntegrityError, StoreError
 from cellar.store import Lineage, Manifest, ModelStore, sha256_file
-from finetune.data import DataError, Encoded, Encoder, encode_all, read_examples
+from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
 from finetune.train import Hyper, Outcome, Progress, train
 
 RUNS = ".finetune"
@@ -109,13 +109,11 @@ def _split(examples: list[Any], seed: int) -> tuple[list[Any], list[Any]]:
 
 
 def prepare_data(
-    request: Request, base_dir: Path
+    request: Request, base_dir: Path, examples: list[Example], held: list[Example]
 ) -> tuple[list[Encoded], list[Encoded], int, dict[str, Any]]:
     """Tokenized training and evaluation sets, the pad id, and what describes the data."""
     from transformers import AutoTokenizer
 
-    examples = read_examples(request.data)
-    held: list[Any] = read_examples(request.eval_data) if request.eval_data else []
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     template = None
     if request.template is not None:
@@ -229,13 +227,24 @@ def run(
     if request.hyper.method not in ("lora", "qlora"):
         raise FinetuneError(f"unknown method {request.hyper.method!r}; choose lora or qlora")
     llamacpp_tools.script("convert_lora_to_gguf.py")  # installed, or say how to install it
+    examples = read_examples(request.data)  # bad data stops everything before any work
+    held = read_examples(request.eval_data) if request.eval_data else []
+    if request.template is None and any(e.messages for e in [*examples, *held]):
+        raise DataError(
+            f"{request.data}: chat examples need the model's chat template: the config has no "
+            f"deployment of {request.base} with one and the model carries none; pass "
+            "--chat-template (a built-in name such as gemma, a .jinja file, or the text)"
+        )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI draws its own
     base = resolve_base(store, request.base, say)
     try:
         store.verify(base.name)
     except IntegrityError as exc:
         raise FinetuneError(f"the base is damaged: {exc}") from None
     base_dir = store.file_of(base)
-    trains, evals, pad, data = prepare_data(request, base_dir)
+    trains, evals, pad, data = prepare_data(request, base_dir, examples, held)
     say(
         f"{data['examples']} training examples ({data['trained_tokens']} tokens learned), "
         f"{len(evals)} for evaluation ({data['eval']['split']})"
