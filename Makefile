@@ -44,7 +44,7 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup tools vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm clean
+.PHONY: setup tools vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters clean
 
 setup: $(IMPORTED) tools
 
@@ -116,6 +116,9 @@ bench: setup
 
 bench-warmup: setup
 	$(PY) -m benchmarks.warmup
+
+bench-adapters: setup
+	$(PY) -m benchmarks.adapters
 
 bench-vllm: setup $(VLLM_READY)
 	$(PY) -m benchmarks.vllm_overhead

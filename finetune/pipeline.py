@@ -29,7 +29,7 @@ from cellar import llamacpp_tools
 from cellar.chat import ChatTemplate
 from cellar.convert import convert_to_hf
 from cellar.errors import IntegrityError, StoreError
-from cellar.store import Lineage, Manifest, ModelStore, sha256_file
+from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore, sha256_file
 from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
 from finetune.train import Hyper, Outcome, Progress, train
 
@@ -182,6 +182,17 @@ def _run_dir(store: ModelStore, request: Request, fingerprint: dict[str, Any]) -
     return run_dir
 
 
+def save_adapter(model: Any, out: Path) -> None:
+    """The PEFT adapter, byte for byte the same for the same seed and data: peft writes
+    `target_modules` from a set, in an order that changes from process to process."""
+    model.save_pretrained(str(out))
+    path = out / PEFT_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def lora_to_gguf(adapter: Path, base: Path, out: Path, log: Path) -> None:
     """llama.cpp's convert_lora_to_gguf.py, offline, in a child process (output to `log`)."""
     script = llamacpp_tools.script("convert_lora_to_gguf.py")
@@ -285,7 +296,7 @@ def run(
     adapter = store.add(
         request.name,
         request.name,
-        lambda out: model.save_pretrained(str(out)),
+        lambda out: save_adapter(model, out),
         fmt="peft",
         source=f"finetune {request.hyper.method} {base.name} --data {request.data.name}",
         lineage=Lineage(
