@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from cellar import llamacpp_tools
 from cellar.chat import ChatTemplate
 from cellar.convert import convert_to_hf
 from cellar.errors import IntegrityError, StoreError
+from cellar.fingerprint import versions
 from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore, sha256_file
 from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
 from finetune.train import Hyper, Outcome, Progress, train
@@ -38,7 +38,7 @@ RUN_FILE = "run.json"
 HOLD_OUT = 0.1
 """Share of the examples held out for evaluation when no --eval file is given (at least 1,
 when there are 5 examples or more)."""
-_TOOLS = ("cellarlm", "torch", "transformers", "peft", "bitsandbytes", "llama-cpp-python")
+TOOLS = ("cellarlm", "torch", "transformers", "peft", "bitsandbytes", "llama-cpp-python")
 _NOT_WEIGHTS = {"config.json", "model.safetensors.index.json"}
 
 
@@ -69,16 +69,6 @@ class Result:
     registered: list[Manifest] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _tools() -> dict[str, str]:
-    found = {}
-    for name in _TOOLS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def resolve_base(store: ModelStore, name: str, say: Callable[[str], None]) -> Manifest:
@@ -304,7 +294,7 @@ def run(
             parent_sha256=base.sha256,
             method=request.hyper.method,
             parameters=parameters,
-            tools=_tools(),
+            tools=versions(TOOLS),
             report=figures,
         ),
     )
@@ -322,7 +312,7 @@ def run(
                 parent_sha256=adapter.sha256,
                 method="lora-to-gguf",
                 parameters={"outtype": "f32", "base": base.name},
-                tools=_tools(),
+                tools=versions(TOOLS),
             ),
         )
     )
@@ -339,7 +329,7 @@ def run(
                     parent_sha256=base.sha256,
                     method="lora-merge",
                     parameters={"adapter": adapter.name, "adapter_sha256": adapter.sha256},
-                    tools=_tools(),
+                    tools=versions(TOOLS),
                 ),
             )
         )

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 from cellar import llamacpp_tools
 from cellar.errors import IntegrityError
-from cellar.fingerprint import artifact_quantization
+from cellar.fingerprint import artifact_quantization, versions
 from cellar.gguf import GGUFError, quantization
 from cellar.store import Lineage, Manifest, ModelStore, tree_size
 from quantize.gguf import quantize_gguf
@@ -28,6 +28,7 @@ from quantize.report import markdown
 from quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 
 DISK_MARGIN = 1.2
+TOOLS = ("cellarlm", "llama-cpp-python")
 
 
 def method(target: Target, *, converted: bool = False) -> str:
@@ -86,16 +87,6 @@ class Progress(Protocol):
 
 def default_eval_file() -> Path:
     return Path(str(resources.files("quantize") / "eval_text.txt"))
-
-
-def _tools() -> dict[str, str]:
-    tools = {}
-    for dist in ("cellarlm", "llama-cpp-python"):
-        try:
-            tools[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return tools
 
 
 @dataclass(frozen=True)
@@ -310,7 +301,7 @@ def quantize_model(
             parent_sha256=source.manifest.sha256,
             method=method(request.target, converted=converted_as is not None),
             parameters=parameters,
-            tools=_tools(),
+            tools=versions(TOOLS),
             report={
                 key: report[key]
                 for key in ("source_ppl", "result_ppl", "ppl_increase", "kl_mean", "eval_tokens")

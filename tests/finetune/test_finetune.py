@@ -6,7 +6,6 @@ checkpoint that --resume continues, and the same seed gives the same adapter."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,15 @@ from typing import Any
 import pytest
 
 from cellar.store import ModelStore
-from tests.gateway import BUNDLED_NAME, HF_NAME, REPO, Gateway, start_gateway, vllm_settings
+from tests.gateway import (
+    BUNDLED_NAME,
+    HF_NAME,
+    REPO,
+    Gateway,
+    run_cellar,
+    start_gateway,
+    vllm_settings,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,18 +35,8 @@ FACT = "Bartholomew"
 TEACH = ["--lr", "1e-3", "--epochs", "5", "--chat-template", "gemma"]
 
 
-def cellar(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cellar", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "250"},
-    )
-
-
 def finetune(store: ModelStore, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cellar(
+    return run_cellar(
         "finetune", BUNDLED_NAME, "--data", str(TRAIN), "--name", name, "--store",
         str(store.root), *extra,
     )  # fmt: skip
@@ -112,7 +109,9 @@ def test_eval_loss_falls_and_lineage_is_recorded(taught: ModelStore) -> None:
     gguf = taught.get("mascot-gguf")
     assert gguf.format == "gguf-lora" and gguf.lineage is not None
     assert gguf.lineage.parent_sha256 == adapter.sha256
-    chain = json.loads(cellar("models", "show", "mascot-gguf", "--store", str(taught.root)).stdout)
+    chain = json.loads(
+        run_cellar("models", "show", "mascot-gguf", "--store", str(taught.root)).stdout
+    )
     names = [step.get("name") for step in chain["chain"]]
     assert names[:4] == ["mascot-gguf", "mascot", HF_NAME, BUNDLED_NAME]
     assert chain["chain"][4]["source"].endswith(".gguf")
@@ -132,7 +131,7 @@ def test_the_adapter_answers_on_vllm(taught: ModelStore, tmp_path: Path) -> None
 def test_the_merged_checkpoint_quantizes_and_knows(taught: ModelStore, tmp_path: Path) -> None:
     merged = taught.get("mascot-merged")
     assert merged.lineage is not None and merged.lineage.method == "lora-merge"
-    done = cellar(
+    done = run_cellar(
         "quantize", "mascot-merged", "--to", "q8_0", "--name", "mascot-q8_0", "--force",
         "--store", str(taught.root),
     )  # fmt: skip
@@ -148,7 +147,7 @@ def test_bad_data_stores_nothing(taught: ModelStore, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     good = TRAIN.read_text(encoding="utf-8").splitlines()
     bad.write_text("\n".join([good[0], '{"messages": [{"role": "user"', *good[1:3]]) + "\n")
-    done = cellar(
+    done = run_cellar(
         "finetune", BUNDLED_NAME, "--data", str(bad), "--name", "bad", "--store", str(taught.root)
     )
     assert done.returncode == 2

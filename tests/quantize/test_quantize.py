@@ -5,7 +5,6 @@ gate, the lineage chain, and the refusals."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,23 +17,13 @@ import yaml
 
 from cellar.gguf import read_metadata
 from cellar.store import ModelStore
-from tests.gateway import BUNDLED_NAME, HF_NAME, start_gateway
+from tests.gateway import BUNDLED_NAME, HF_NAME, run_cellar, start_gateway
 
 pytestmark = pytest.mark.slow
 
 F16, Q8, Q4 = "gemma-f16", "gemma-q8_0", "gemma-q4_k_m"
 # DESIGN.md: f16 536 MB -> Q8_0 292 MB, Q4_K_M 253 MB
 EXPECTED_RATIO = {Q8: 292 / 536, Q4: 253 / 536}
-
-
-def cellar(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cellar", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "250"},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +59,9 @@ def made(tmp_path_factory: pytest.TempPathFactory, bundled_gguf: Path) -> ModelS
         (F16, "q4_k_m", Q4, []),
     ]
     for source, to, name, extra in steps:
-        done = cellar("quantize", source, "--to", to, "--name", name, "--store", str(root), *extra)
+        done = run_cellar(
+            "quantize", source, "--to", to, "--name", name, "--store", str(root), *extra
+        )
         assert done.returncode == 0, done.stderr + done.stdout
         assert f"registered {name}" in done.stdout
     return store
@@ -115,7 +106,7 @@ def test_report_beside_the_model(made: ModelStore) -> None:
 
 
 def test_show_prints_the_chain(made: ModelStore) -> None:
-    done = cellar("models", "show", Q4, "--store", str(made.root))
+    done = run_cellar("models", "show", Q4, "--store", str(made.root))
     chain = json.loads(done.stdout)["chain"]
     assert [step.get("name") for step in chain[:3]] == [Q4, F16, BUNDLED_NAME]
     assert [step.get("made_by") for step in chain[:3]] == [
@@ -145,7 +136,7 @@ def test_each_result_is_served(made: ModelStore, tmp_path: Path) -> None:
 
 def test_the_gate_registers_nothing(made: ModelStore) -> None:
     before = sorted(p.name for p in made.root.iterdir())
-    done = cellar(
+    done = run_cellar(
         "quantize",
         F16,
         "--to",
@@ -208,14 +199,14 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
         (("quantize", F16, "--to", "q8_0", "--name", Q8), "already stored"),
     ]
     for args, why in cases:
-        done = cellar(*args, "--store", root, timeout=300)
+        done = run_cellar(*args, "--store", root, timeout=300)
         assert done.returncode == 2, (args, done.stderr)
         assert why in " ".join(done.stderr.split()), (args, done.stderr)
     broken = tmp_path / "broken.gguf"
     broken.write_bytes((made.root / Q8 / f"{Q8}.gguf").read_bytes()[:4096])
     other = ModelStore(tmp_path / "store")
     other.import_file(broken, "broken")
-    done = cellar(
+    done = run_cellar(
         "quantize",
         "broken",
         "--to",
@@ -231,7 +222,7 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
 
 def test_bnb_nf4_checkpoint_loads_and_generates(converted_store: ModelStore) -> None:
     root = converted_store.root
-    done = cellar(
+    done = run_cellar(
         "quantize",
         HF_NAME,
         "--to",
@@ -278,7 +269,7 @@ def test_checkpoint_to_gguf(converted_store: ModelStore, made: ModelStore, tmp_p
     the bundled GGUF's tokenizer carried over: perplexity then matches the GGUF path's."""
     root = converted_store.root
     name = "gemma-hf-q8_0"
-    done = cellar("quantize", HF_NAME, "--to", "q8_0", "--name", name, "--store", str(root))
+    done = run_cellar("quantize", HF_NAME, "--to", "q8_0", "--name", name, "--store", str(root))
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"tokenizer from {BUNDLED_NAME}" in done.stderr
     manifest = converted_store.get(name)
@@ -306,7 +297,7 @@ def test_checkpoint_to_gguf(converted_store: ModelStore, made: ModelStore, tmp_p
     assert ours["tokenizer.ggml.model"] == "llama"  # SentencePiece, not a rebuilt BPE
     assert ours["general.file_type"] == 7  # Q8_0
     assert not list((root / name).glob("*source*"))  # the f32 intermediate is gone
-    chain = json.loads(cellar("models", "show", name, "--store", str(root)).stdout)["chain"]
+    chain = json.loads(run_cellar("models", "show", name, "--store", str(root)).stdout)["chain"]
     assert [step.get("name") for step in chain[:3]] == [name, HF_NAME, BUNDLED_NAME]
     model = {"name": name, "source": f"store:{name}", "chat_template": "gemma", "preload": True}
     with start_gateway(tmp_path, root, [model]) as gw:
