@@ -27,7 +27,7 @@ from typing import Any
 from cellar import llamacpp_tools
 from cellar.chat import ChatTemplate
 from cellar.convert import convert_to_hf
-from cellar.errors import IntegrityError, StoreError
+from cellar.errors import IntegrityError
 from cellar.fingerprint import versions
 from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore, sha256_file
 from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
@@ -334,6 +334,3 @@ def run(
             )
         )
     return result
-
-
-__all__ = ["DataError", "FinetuneError", "Hyper", "Request", "Result", "StoreError", "run"]
