@@ -13,9 +13,16 @@ from pathlib import Path
 
 from cellar.config import AdapterDeployment
 from cellar.errors import StoreError
-from cellar.store import ADAPTER_FORMATS, PEFT_CONFIG, Format, Manifest, ModelStore, sniff_format
+from cellar.store import (
+    ADAPTER_FORMATS,
+    PEFT_CONFIG,
+    STORE_PREFIX,
+    Format,
+    Manifest,
+    ModelStore,
+    sniff_format,
+)
 
-STORE_PREFIX = "store:"
 FORM_FOR_ENGINE: dict[str, Format] = {"llamacpp": "gguf-lora", "vllm": "peft"}
 _DESCRIBED = {"gguf-lora": "a GGUF adapter", "peft": "a PEFT adapter directory"}
 

@@ -15,7 +15,7 @@ from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_stor
 from cellar.config import config_path, load_config
 from cellar.errors import ConfigError, StoreError
 from cellar.gguf import GGUFError, read_metadata
-from cellar.store import ModelStore
+from cellar.store import STORE_PREFIX, ModelStore
 
 if TYPE_CHECKING:
     from finetune.train import Hyper
@@ -55,7 +55,7 @@ def chat_template(
         except ConfigError as exc:
             raise fail(str(exc)) from None
         for deployment in loaded.models:
-            if deployment.source.removeprefix("store:") in related and deployment.chat_template:
+            if deployment.source.removeprefix(STORE_PREFIX) in related and deployment.chat_template:
                 return load_template_spec(deployment.chat_template, path.parent)
     for name in related:
         manifest = store.get(name)

@@ -18,9 +18,7 @@ from cellar.adapters import ResolvedAdapter, resolve_adapter
 from cellar.chat import load_template_spec
 from cellar.config import CellarConfig, ModelDeployment
 from cellar.errors import ConfigError, StoreError
-from cellar.store import Format, Manifest, ModelStore, sniff_format
-
-STORE_PREFIX = "store:"
+from cellar.store import STORE_PREFIX, Format, Manifest, ModelStore, sniff_format
 
 EngineKind = Literal["llamacpp", "vllm"]
 

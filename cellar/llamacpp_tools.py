@@ -69,6 +69,14 @@ def gguf_py(env: Mapping[str, str] = os.environ) -> Path:
     return tools_dir(env) / "gguf-py"
 
 
+def child_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment for a converter's process: offline, with llama.cpp's own gguf-py first
+    on the import path."""
+    out = dict(env, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out["PYTHONPATH"] = os.pathsep.join([str(gguf_py(env)), *filter(None, [env.get("PYTHONPATH")])])
+    return out
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

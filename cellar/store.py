@@ -28,6 +28,8 @@ from cellar.errors import IntegrityError, StoreError
 from cellar.gguf import GGUFError, read_metadata
 
 MANIFEST = "manifest.json"
+STORE_PREFIX = "store:"
+"""A config `source` naming a model in the store: `store:NAME`."""
 GGUF_MAGIC = b"GGUF"
 _CHUNK = 4 << 20
 

@@ -14,7 +14,7 @@ from cellar.config import CellarConfig, ModelDeployment, VllmSettings
 from cellar.deployments import Artifacts, EngineChoice, ResolvedDeployment, resolve_deployments
 from cellar.fingerprint import artifact_quantization
 from cellar.hardware import Hardware, detect
-from cellar.store import ModelStore
+from cellar.store import STORE_PREFIX, ModelStore
 from engines.vllm.runtime import VllmRuntime, find_runtime
 
 RuntimeFinder = Callable[[VllmSettings], VllmRuntime | str]
@@ -25,7 +25,7 @@ CUDA_ONLY_QUANTIZATION = frozenset({"bitsandbytes"})
 
 
 def _source_name(spec: ModelDeployment) -> str:
-    return spec.source.removeprefix("store:")
+    return spec.source.removeprefix(STORE_PREFIX)
 
 
 class EngineChooser:

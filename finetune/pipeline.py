@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -186,14 +185,12 @@ def save_adapter(model: Any, out: Path) -> None:
 def lora_to_gguf(adapter: Path, base: Path, out: Path, log: Path) -> None:
     """llama.cpp's convert_lora_to_gguf.py, offline, in a child process (output to `log`)."""
     script = llamacpp_tools.script("convert_lora_to_gguf.py")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(llamacpp_tools.gguf_py()), *filter(None, [env.get("PYTHONPATH")])]
-    )
     argv = [sys.executable, str(script), str(adapter), "--base", str(base)]
     argv += ["--outfile", str(out), "--outtype", "f32"]
     with log.open("ab") as sink:
-        done = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, check=False)
+        done = subprocess.run(
+            argv, stdout=sink, stderr=subprocess.STDOUT, env=llamacpp_tools.child_env(), check=False
+        )
     if done.returncode != 0:
         last = log.read_text(errors="replace").strip().splitlines()[-4:]
         raise FinetuneError(

@@ -9,7 +9,6 @@ GGUF, the original's tokenizer is carried over (quantize/retokenize.py).
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -47,14 +46,6 @@ def tensor_count(checkpoint: Path) -> int:
     return total
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(llamacpp_tools.gguf_py()), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    return env
-
-
 def _lines(what: str, argv: list[str], log: Path) -> Iterator[str]:
     """Run `argv`, appending its output to `log` and yielding it line by line; raises
     QuantizeError with the log's last lines when it fails, and kills it on Ctrl-C."""
@@ -65,7 +56,7 @@ def _lines(what: str, argv: list[str], log: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            env=_child_env(),
+            env=llamacpp_tools.child_env(),
         )
         assert child.stdout is not None
         try:
