@@ -15,6 +15,15 @@ from cellar.cli_keys import keys_app
 from cellar.cli_models import models_app
 from cellar.cli_ops import audit_app, canary, tools_app
 from cellar.cli_quantize import quantize
+from cellar.cli_versions import (
+    du_models,
+    gc_models,
+    history_model,
+    promote_model,
+    rollback_model,
+    tag_model,
+    untag_model,
+)
 from cellar.config import config_json_schema, config_path, load_config
 from cellar.errors import ConfigError
 from cellar.store import store_for
@@ -30,6 +39,13 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tools_app, name="tools")
 app.command()(canary)
+models_app.command("tag")(tag_model)
+models_app.command("untag")(untag_model)
+models_app.command("promote")(promote_model)
+models_app.command("rollback")(rollback_model)
+models_app.command("history")(history_model)
+models_app.command("gc")(gc_models)
+models_app.command("du")(du_models)
 app.command()(quantize)
 app.command()(finetune)
 

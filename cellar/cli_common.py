@@ -13,8 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from cellar.config import DEFAULT_CONFIG, config_path, load_config
 from cellar.errors import ConfigError
+from cellar.hashing import Progress as ProgressCallback
 from cellar.store import ModelStore, default_store_root, store_for
-from cellar.store import Progress as ProgressCallback
 
 console = Console()
 err = Console(stderr=True)

@@ -22,29 +22,40 @@ def import_model(
         Path, typer.Argument(help="A .gguf file or a Hugging Face checkpoint directory")
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name in the store")],
+    why: Annotated[str, typer.Option("--why", "-m", help="Why, kept in the history")] = "",
     store: StoreOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Copy a model into the store, recording its size and sha256."""
+    """Copy a model into the store as the next version of NAME (version 1 for a new name),
+    recording its size and sha256. Bytes already stored under NAME are not stored again."""
     target = open_store(store, config)
     try:
         with progress_bar(f"importing {name}") as progress:
-            result = target.import_file(path, name, progress)
+            result = target.import_file(path, name, progress, why)
     except StoreError as exc:
         raise fail(str(exc)) from None
     verb = "imported" if result.created else "already in the store:"
-    sha = result.manifest.sha256
-    console.print(f"{verb} [bold]{name}[/] sha256 {sha}", highlight=False, soft_wrap=True)
+    label, sha = result.manifest.label, result.manifest.sha256
+    console.print(f"{verb} [bold]{label}[/] sha256 {sha}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("list")
 def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
-    """List the models in the store."""
+    """List every version of every model in the store, with its tags."""
     target = open_store(store, config)
-    table = Table("name", "format", "size", "sha256", "created", title=f"store: {target.root}")
+    columns = ("name", "version", "tags", "format", "size", "sha256", "created")
+    table = Table(*columns, title=f"store: {target.root}")
+    tags: dict[tuple[str, int], list[str]] = {}
+    for name in target.names():
+        latest = target.versions(name)[-1].version
+        tags.setdefault((name, latest), []).append("latest")
+        for tag, number in target.refs.read(name).tags.items():
+            tags.setdefault((name, number), []).append(tag)
     for manifest in target.list():
         table.add_row(
             manifest.name,
+            str(manifest.version),
+            ", ".join(sorted(tags.get((manifest.name, manifest.version), []))),
             manifest.format,
             f"{manifest.size / 1e6:.1f} MB",
             manifest.sha256[:16] + "…",
@@ -54,7 +65,11 @@ def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
 
 
 @models_app.command("show")
-def show_model(name: str, store: StoreOpt = None, config: ConfigOpt = None) -> None:
+def show_model(
+    name: Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@TAG")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Print a model's manifest as JSON, with its `chain`: the models it was made from, back
     to the original file."""
     opened = open_store(store, config)
@@ -69,7 +84,8 @@ def show_model(name: str, store: StoreOpt = None, config: ConfigOpt = None) -> N
 @models_app.command("verify")
 def verify_models(
     names: Annotated[
-        list[str] | None, typer.Argument(help="Models to check (default: all)")
+        list[str] | None,
+        typer.Argument(help="Models to check: NAME (every version), NAME@VERSION or NAME@TAG"),
     ] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
@@ -77,15 +93,20 @@ def verify_models(
     """Re-hash stored models and compare with their manifests; exit 1 if any changed."""
     target = open_store(store, config)
     try:
-        todo = names or [m.name for m in target.list()]
+        todo = [
+            manifest
+            for name in names or target.names()
+            for manifest in (target.versions(name) if "@" not in name else [])
+            or [target.get(name)]  # a reference, or a name not in the store: says why
+        ]
     except StoreError as exc:
         raise fail(str(exc)) from None
     bad = 0
-    for name in todo:
+    for manifest in todo:
         try:
-            with progress_bar(f"verifying {name}") as progress:
-                target.verify(name, progress)
-            console.print(f"[green]ok[/]   {name}", highlight=False)
+            with progress_bar(f"verifying {manifest.label}") as progress:
+                target.verify_manifest(manifest, progress)
+            console.print(f"[green]ok[/]   {manifest.label}", highlight=False)
         except StoreError as exc:
             bad += 1
             console.print(f"[red]FAIL[/] {exc}", highlight=False)

@@ -150,7 +150,7 @@ def quantize(
     for row in rows(report):
         table.add_row(*row)
     console.print(table)
-    folder = opened.root / manifest.name
+    folder = opened.dir_of(manifest)
     forced = " (gate failed; registered because of --force)" if not report["gate"]["passed"] else ""
     console.print(
         f"registered {manifest.name} ({manifest.size / 2**20:,.1f} MiB, sha256 "

@@ -1,16 +1,17 @@
-"""The local model store: checksummed models, one directory and manifest per model.
+"""The local model store: checksummed, immutable models, each name with numbered versions.
 
-Layout: `<root>/<name>/manifest.json` beside the model's artifact: a GGUF file, or a Hugging Face
-checkpoint directory. A manifest records the sha256 taken while the artifact was written (for a
-directory: the hash of its sorted file list with each file's own sha256); `verify` re-hashes it
-and a mismatch refuses the model. A model made from another (a conversion, a quantization)
-records its parent's name and sha256 in `lineage`.
+Layout: `<root>/<name>/manifest.json` (version 1; version N in `<root>/<name>@N/`) beside the
+model's artifact: a GGUF file, a Hugging Face checkpoint directory or a LoRA adapter. A manifest
+records the sha256 taken while the artifact was written (for a directory: the hash of its sorted
+file list with each file's own sha256); `verify` re-hashes it and a mismatch refuses the model.
+A model made from another (a conversion, a quantization) records its parent's name and sha256
+in `lineage`. Tags and their history live in `<root>/.refs/` (see cellar.versions).
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
+import glob
 import os
 import shutil
 import tempfile
@@ -26,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from cellar.config import ENV_STORE, CellarConfig
 from cellar.errors import IntegrityError, StoreError
 from cellar.gguf import GGUFError, read_metadata
+from cellar.hashing import Progress, copy_tree_hashing, sha256_tree, tree_size
+from cellar.versions import LATEST, Move, RefBook, current_user, parse_ref
 
 MANIFEST = "manifest.json"
 STORE_PREFIX = "store:"
 """A config `source` naming a model in the store: `store:NAME`."""
 GGUF_MAGIC = b"GGUF"
-_CHUNK = 4 << 20
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("*.safetensors", "*.bin")
@@ -40,8 +42,6 @@ Format = Literal["gguf", "hf", "peft", "gguf-lora"]
 """A model (GGUF file, Hugging Face checkpoint) or a LoRA adapter (PEFT directory, GGUF file)."""
 ADAPTER_FORMATS: tuple[Format, ...] = ("peft", "gguf-lora")
 PEFT_CONFIG = "adapter_config.json"
-Progress = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) while a long file operation runs."""
 
 
 class Lineage(BaseModel):
@@ -65,6 +65,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    version: int = Field(1, ge=1, description="Numbered from 1 per name; never reused.")
     format: Format
     file: str = Field(description="File (GGUF) or directory (HF) inside the model's directory.")
     size: int = Field(description="Bytes, all files together.")
@@ -72,6 +73,11 @@ class Manifest(BaseModel):
     source: str = Field(description="Where the model was imported from, or what made it.")
     created: datetime
     lineage: Lineage | None = None
+
+    @property
+    def label(self) -> str:
+        """`NAME@VERSION`."""
+        return f"{self.name}@{self.version}"
 
 
 def default_store_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -107,176 +113,149 @@ def sniff_format(path: Path) -> Format:
     return "gguf-lora" if kind == "adapter" else "gguf"
 
 
-def _files(root: Path) -> list[Path]:
-    """Every regular file under a directory, in a stable order."""
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def tree_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in _files(path))
-
-
-def sha256_file(path: Path, progress: Progress | None = None) -> str:
-    """Hash a file in chunks, reporting progress."""
-    digest = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return digest.hexdigest()
-
-
-def _copy_hashing(
-    src: Path, dst: Path, progress: Progress | None, done: int = 0, total: int | None = None
-) -> str:
-    digest = hashlib.sha256()
-    total = src.stat().st_size if total is None else total
-    with src.open("rb") as reader, dst.open("wb") as writer:
-        while chunk := reader.read(_CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-        writer.flush()
-        os.fsync(writer.fileno())
-    return digest.hexdigest()
-
-
-class _Offset:
-    """Turns per-file progress into progress over a whole tree."""
-
-    def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.base = progress, total, 0
-
-    def __call__(self, done: int, _total: int) -> None:
-        if self.progress:
-            self.progress(self.base + done, self.total)
-
-
-def _tree_digest(entries: list[tuple[str, str]]) -> str:
-    """sha256 of a directory: its relative paths and their sha256s, one line each, sorted."""
-    listing = "".join(f"{rel}\0{sha}\n" for rel, sha in sorted(entries))
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def sha256_tree(path: Path, progress: Progress | None = None) -> str:
-    """sha256 of a file, or of a directory (see _tree_digest)."""
-    if path.is_file():
-        return sha256_file(path, progress)
-    offset = _Offset(progress, tree_size(path))
-    entries = []
-    for file in _files(path):
-        entries.append((file.relative_to(path).as_posix(), sha256_file(file, offset)))
-        offset.base += file.stat().st_size
-    return _tree_digest(entries)
-
-
-def _copy_tree_hashing(src: Path, dst: Path, progress: Progress | None) -> str:
-    if src.is_file():
-        return _copy_hashing(src, dst, progress)
-    offset = _Offset(progress, tree_size(src))
-    entries = []
-    for file in _files(src):
-        rel = file.relative_to(src)
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        entries.append((rel.as_posix(), _copy_hashing(file, dst / rel, offset)))
-        offset.base += file.stat().st_size
-    return _tree_digest(entries)
-
-
 @dataclass(frozen=True)
 class ImportResult:
     manifest: Manifest
     created: bool
-    """False when an identical model was already stored under that name."""
+    """False when identical bytes were already stored under that name (as any version)."""
+
+
+def check_name(name: str) -> str:
+    if not name or name.startswith(".") or any(c in name for c in "/\\@"):
+        raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
+    return name
 
 
 class ModelStore:
-    """A directory of models. Safe for one writer; readers never see a half-written model."""
+    """A directory of models, each name with numbered versions. Safe for concurrent writers
+    (a new version is numbered under a lock); readers never see a half-written model.
+
+    Version 1 of NAME lives in `<root>/NAME/`, version N in `<root>/NAME@N/`.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.refs = RefBook(root)
 
-    def _dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith(".") or "\\" in name:
-            raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
-        return self.root / name
+    def _dir(self, name: str, version: int = 1) -> Path:
+        check_name(name)
+        return self.root / (name if version == 1 else f"{name}@{version}")
 
-    def get(self, name: str) -> Manifest:
-        """The manifest of `name`, or StoreError naming the store."""
-        path = self._dir(name) / MANIFEST
-        if not path.is_file():
-            raise StoreError(f"no model named {name!r} in the store at {self.root}")
+    def _read(self, path: Path) -> Manifest:
         try:
             return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise StoreError(f"{path}: unreadable manifest: {exc}") from None
 
-    def file_of(self, manifest: Manifest) -> Path:
-        return self._dir(manifest.name) / manifest.file
-
-    def list(self) -> list[Manifest]:
+    def versions(self, name: str) -> builtins.list[Manifest]:
+        """Every stored version of `name`, oldest first."""
+        check_name(name)
         if not self.root.is_dir():
             return []
-        names = sorted(
-            p.name
+        dirs = [self.root / name, *self.root.glob(f"{glob.escape(name)}@*")]
+        found = [self._read(d / MANIFEST) for d in dirs if (d / MANIFEST).is_file()]
+        return sorted((m for m in found if m.name == name), key=lambda m: m.version)
+
+    def get(self, ref: str) -> Manifest:
+        """The manifest a reference names (see cellar.versions), or StoreError saying why."""
+        parsed = parse_ref(ref)
+        versions = self.versions(parsed.name)
+        if not versions:
+            raise StoreError(f"no model named {parsed.name!r} in the store at {self.root}")
+        if parsed.tag == LATEST or (
+            parsed.tag is None and parsed.version is None and parsed.sha256 is None
+        ):
+            return versions[-1]
+        if parsed.sha256 is not None:
+            matches = [m for m in versions if m.sha256.startswith(parsed.sha256)]
+            if len(matches) != 1:
+                what = "no version" if not matches else f"{len(matches)} versions"
+                raise StoreError(f"{what} of {parsed.name!r} with sha256 {parsed.sha256}…")
+            return matches[0]
+        number = parsed.version
+        if parsed.tag is not None:
+            tags = self.refs.read(parsed.name).tags
+            if parsed.tag not in tags:
+                known = ", ".join(sorted(tags)) or "none"
+                raise StoreError(f"model {parsed.name!r} has no tag {parsed.tag!r} (tags: {known})")
+            number = tags[parsed.tag]
+        for manifest in versions:
+            if manifest.version == number:
+                return manifest
+        have = ", ".join(str(m.version) for m in versions)
+        via = f" (tag {parsed.tag!r})" if parsed.tag else ""
+        raise StoreError(f"model {parsed.name!r} has no version {number}{via}; it has {have}")
+
+    def file_of(self, manifest: Manifest) -> Path:
+        return self._dir(manifest.name, manifest.version) / manifest.file
+
+    def dir_of(self, manifest: Manifest) -> Path:
+        """The directory holding the artifact, its manifest and what was stored beside it."""
+        return self._dir(manifest.name, manifest.version)
+
+    def list(self) -> builtins.list[Manifest]:
+        """Every version of every model, by name then version."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            self._read(p / MANIFEST)
             for p in self.root.iterdir()
             if not p.name.startswith(".") and (p / MANIFEST).is_file()
-        )
-        return [self.get(name) for name in names]
+        ]
+        return sorted(found, key=lambda m: (m.name, m.version))
 
-    def verify(self, name: str, progress: Progress | None = None) -> Manifest:
-        """Re-hash the stored model; IntegrityError if it changed since import."""
-        manifest = self.get(name)
+    def names(self) -> builtins.list[str]:
+        return sorted({m.name for m in self.list()})
+
+    def verify(self, ref: str, progress: Progress | None = None) -> Manifest:
+        """Re-hash a stored model; IntegrityError if it changed since import."""
+        return self.verify_manifest(self.get(ref), progress)
+
+    def verify_manifest(self, manifest: Manifest, progress: Progress | None = None) -> Manifest:
+        label = manifest.label
         path = self.file_of(manifest)
         if not path.exists():
-            raise IntegrityError(f"model {name!r}: {path} is missing")
+            raise IntegrityError(f"model {label}: {path} is missing")
         size = tree_size(path)
         if size != manifest.size:
             raise IntegrityError(
-                f"model {name!r}: {path} is {size} bytes, the manifest says {manifest.size}"
+                f"model {label}: {path} is {size} bytes, the manifest says {manifest.size}"
             )
         actual = sha256_tree(path, progress)
         if actual != manifest.sha256:
             raise IntegrityError(
-                f"model {name!r}: sha256 of {path} is {actual}, the manifest says "
+                f"model {label}: sha256 of {path} is {actual}, the manifest says "
                 f"{manifest.sha256}; the file changed after import (re-import it)"
             )
         return manifest
 
-    def import_file(self, src: Path, name: str, progress: Progress | None = None) -> ImportResult:
-        """Copy `src` (a GGUF file or an HF checkpoint directory) into the store under `name`,
-        hashing as it copies.
+    def import_file(
+        self, src: Path, name: str, progress: Progress | None = None, why: str = ""
+    ) -> ImportResult:
+        """Copy `src` (a GGUF file or an HF checkpoint directory) into the store as the next
+        version of `name`, hashing as it copies.
 
-        Importing the same bytes under the same name again is a no-op; different bytes under
-        a name already taken are refused.
+        Bytes identical to a version already stored under that name are not stored twice:
+        that version is returned with created=False.
         """
         src = src.resolve()
         if not src.exists():
             raise StoreError(f"{src}: no such file or directory")
         fmt = sniff_format(src)
-        target = self._dir(name)
-        existing = self.get(name) if (target / MANIFEST).is_file() else None
-        same_size = existing is not None and existing.size == tree_size(src)
-        if existing and same_size and sha256_tree(src, progress) == existing.sha256:
-            return ImportResult(existing, created=False)
-        if existing:
-            raise StoreError(
-                f"a different model is already stored as {name!r}; choose another --name"
-            )
+        versions = self.versions(name)
+        size = tree_size(src)
+        if any(m.size == size for m in versions):
+            digest = sha256_tree(src, progress)
+            for existing in versions:
+                if existing.sha256 == digest:
+                    return ImportResult(existing, created=False)
         manifest = self.add(
             name,
             src.name,
-            lambda dst: _copy_tree_hashing(src, dst, progress),
+            lambda dst: copy_tree_hashing(src, dst, progress),
             fmt=fmt,
             source=str(src),
+            why=why,
         )
         return ImportResult(manifest, created=True)
 
@@ -289,18 +268,18 @@ class ModelStore:
         fmt: Format,
         source: str,
         lineage: Lineage | Callable[[Path], Lineage] | None = None,
+        why: str = "",
     ) -> Manifest:
-        """Store a new model whose artifact `build` writes at the path it is given.
+        """Store a new version of `name` (version 1 for a new name) whose artifact `build`
+        writes at the path it is given.
 
         `build` may return the artifact's sha256 (when it hashed while writing); otherwise it
         is hashed afterwards. `build` may also write files beside the artifact (a report, a
         log); they are stored with it. `lineage` may be a function of the built artifact.
-        Nothing is visible under `name` until it is complete: the model is built in a hidden
-        staging directory, then renamed into place. A failure or Ctrl-C leaves nothing behind.
+        Nothing is visible until it is complete: the model is built in a hidden staging
+        directory, then renamed into place. A failure or Ctrl-C leaves nothing behind.
         """
-        target = self._dir(name)
-        if target.exists():
-            raise StoreError(f"a model is already stored as {name!r}; choose another --name")
+        check_name(name)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
         try:
@@ -310,21 +289,44 @@ class ModelStore:
             sha = build(path) or sha256_tree(path)
             if callable(lineage):
                 lineage = lineage(path)
-            manifest = Manifest(
-                name=name,
-                format=fmt,
-                file=artifact,
-                size=tree_size(path),
-                sha256=sha,
-                source=source,
-                created=datetime.now(UTC),
-                lineage=lineage,
-            )
-            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-            os.rename(staging, target)
+            with self.refs.change(name) as refs:
+                existing = self.versions(name)
+                version = max([refs.last_version, *(m.version for m in existing)]) + 1
+                manifest = Manifest(
+                    name=name,
+                    version=version,
+                    format=fmt,
+                    file=artifact,
+                    size=tree_size(path),
+                    sha256=sha,
+                    source=source,
+                    created=datetime.now(UTC),
+                    lineage=lineage,
+                )
+                text = manifest.model_dump_json(indent=2)
+                (staging / MANIFEST).write_text(text, encoding="utf-8")
+                os.rename(staging, self._dir(name, version))
+                refs.last_version = version
+                refs.history.append(
+                    Move(
+                        time=manifest.created,
+                        user=current_user(),
+                        action="add",
+                        to_version=version,
+                        sha256=sha,
+                        why=why,
+                    )
+                )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return manifest
+
+    def remove(self, manifest: Manifest) -> None:
+        """Delete one version (garbage collection): it vanishes at once, then is freed."""
+        target = self.dir_of(manifest)
+        doomed = self.root / f".removing.{target.name}"
+        os.rename(target, doomed)
+        shutil.rmtree(doomed)
 
     def children(self, sha256: str) -> builtins.list[Manifest]:
         """Models made from the model with this sha256 (by their lineage)."""
@@ -333,17 +335,24 @@ class ModelStore:
     def find_sha(self, sha256: str) -> Manifest | None:
         return next((m for m in self.list() if m.sha256 == sha256), None)
 
-    def chain(self, name: str) -> builtins.list[dict[str, str]]:
+    def chain(self, ref: str) -> builtins.list[dict[str, str]]:
         """The model and its ancestors by lineage, back to the file the first was imported
         from: [{name, sha256, made_by}, ..., {source}]."""
-        manifest: Manifest | None = self.get(name)
+        manifest: Manifest | None = self.get(ref)
         steps: builtins.list[dict[str, str]] = []
         seen: set[str] = set()
         while manifest is not None and manifest.sha256 not in seen:
             seen.add(manifest.sha256)
             lineage = manifest.lineage
             made_by = lineage.method if lineage else "import"
-            steps.append({"name": manifest.name, "sha256": manifest.sha256, "made_by": made_by})
+            steps.append(
+                {
+                    "name": manifest.name,
+                    "version": str(manifest.version),
+                    "sha256": manifest.sha256,
+                    "made_by": made_by,
+                }
+            )
             if lineage is None:
                 steps.append({"source": manifest.source})
                 break

@@ -28,7 +28,8 @@ from cellar.chat import ChatTemplate
 from cellar.convert import convert_to_hf
 from cellar.errors import IntegrityError
 from cellar.fingerprint import versions
-from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore, sha256_file
+from cellar.hashing import sha256_file
+from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore
 from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
 from finetune.train import Hyper, Outcome, Progress, train
 

@@ -21,7 +21,8 @@ from cellar import llamacpp_tools
 from cellar.errors import IntegrityError
 from cellar.fingerprint import artifact_quantization, versions
 from cellar.gguf import GGUFError, quantization
-from cellar.store import Lineage, Manifest, ModelStore, tree_size
+from cellar.hashing import tree_size
+from cellar.store import Lineage, Manifest, ModelStore
 from quantize.gguf import quantize_gguf
 from quantize.hf_to_gguf import convert as convert_hf
 from quantize.report import markdown

@@ -89,7 +89,8 @@ def describe_model_file(endpoint: Endpoint, path: Path) -> None:
     """Fill in sha256 and quantization from the model file a non-Cellar server loaded (Cellar
     reports them itself); raises OSError or StoreError for what is not a model."""
     from cellar.fingerprint import artifact_quantization
-    from cellar.store import sha256_file, sha256_tree, sniff_format
+    from cellar.hashing import sha256_file, sha256_tree
+    from cellar.store import sniff_format
 
     fmt = sniff_format(path)
     endpoint.model_sha256 = sha256_tree(path) if path.is_dir() else sha256_file(path)

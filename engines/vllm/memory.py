@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cellar.config import VllmSettings
-from cellar.store import tree_size
+from cellar.hashing import tree_size
 
 PROCESS_OVERHEAD = 3 * 2**30
 """The API server, the engine core and the worker, each a Python process with torch loaded

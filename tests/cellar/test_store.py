@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from cellar.errors import IntegrityError, StoreError
-from cellar.store import Lineage, ModelStore, sha256_file, sha256_tree, tree_size
+from cellar.hashing import sha256_file, sha256_tree, tree_size
+from cellar.store import Lineage, ModelStore
 from tests.files import fake_checkpoint, fake_gguf
 
 
@@ -26,11 +27,22 @@ def test_import_records_manifest_and_is_idempotent(tmp_path: Path) -> None:
     assert [m.name for m in store.list()] == ["m"]
 
 
-def test_name_taken_by_other_bytes_is_refused(tmp_path: Path) -> None:
+def test_other_bytes_under_a_name_make_its_next_version(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    store.import_file(fake_gguf(tmp_path / "a.gguf", b"a"), "m")
-    with pytest.raises(StoreError, match="already stored"):
-        store.import_file(fake_gguf(tmp_path / "b.gguf", b"b"), "m")
+    first = store.import_file(fake_gguf(tmp_path / "a.gguf", b"a"), "m").manifest
+    second = store.import_file(fake_gguf(tmp_path / "b.gguf", b"b"), "m").manifest
+    assert (first.version, second.version) == (1, 2)
+    assert store.get("m") == second == store.get("m@latest") == store.get("m@2")
+    assert store.get("m@1") == first
+    assert store.get(f"m@sha256:{first.sha256[:8]}") == first
+    assert store.file_of(second) == tmp_path / "store" / "m@2" / "b.gguf"
+    again = store.import_file(fake_gguf(tmp_path / "c.gguf", b"a"), "m")  # v1's bytes
+    assert not again.created and again.manifest == first
+    assert [m.label for m in store.list()] == ["m@1", "m@2"]
+    with pytest.raises(StoreError, match="no version 3"):
+        store.get("m@3")
+    with pytest.raises(StoreError, match="no tag 'prod'"):
+        store.get("m@prod")
 
 
 def test_non_gguf_and_missing_files_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,176 @@
+"""`cellar models tag|untag|promote|rollback|history|gc|du`: versions, tags and disk use."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cellar.cli_common import ConfigOpt, StoreOpt, console, fail, open_store
+from cellar.config import config_path, load_config
+from cellar.errors import ConfigError, StoreError
+from cellar.gc import config_references, disk_usage, plan_gc
+from cellar.tags import history, promote, rollback, set_tag, untag
+from cellar.versions import Move
+
+WhyOpt = Annotated[str, typer.Option("--why", "-m", help="The reason, kept in the history")]
+
+
+def _moved(name: str, entry: Move) -> None:
+    before = "nothing" if entry.from_version is None else f"version {entry.from_version}"
+    after = "nothing" if entry.to_version is None else f"version {entry.to_version}"
+    console.print(
+        f"{name}@{entry.tag}: {before} -> {after} ({entry.action} by {entry.user})",
+        highlight=False,
+    )
+
+
+def tag_model(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    version: Annotated[str, typer.Argument(help="Version number, a tag, or sha256:<prefix>")],
+    tag: Annotated[str, typer.Argument(help="Tag to point at it, e.g. prod or staging")],
+    why: WhyOpt = "",
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Point a tag at a version (a running gateway serving NAME@TAG switches to it)."""
+    try:
+        _moved(name, set_tag(open_store(store, config), name, version, tag, why))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def untag_model(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    tag: Annotated[str, typer.Argument(help="Tag to remove")],
+    why: WhyOpt = "",
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove a tag."""
+    try:
+        _moved(name, untag(open_store(store, config), name, tag, why))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def promote_model(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    source: Annotated[str, typer.Option("--from", help="Tag whose version is promoted")],
+    target: Annotated[str, typer.Option("--to", help="Tag to move to it")],
+    why: WhyOpt = "",
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Point one tag at the version another holds (e.g. --from staging --to prod)."""
+    try:
+        _moved(name, promote(open_store(store, config), name, source, target, why))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def rollback_model(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    tag: Annotated[str, typer.Option("--tag", help="Tag to move back")] = "prod",
+    why: WhyOpt = "",
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Move a tag back to the version it held before its last move."""
+    try:
+        _moved(name, rollback(open_store(store, config), name, tag, why))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def history_model(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Every version added and every tag move, oldest first, with who and why."""
+    opened = open_store(store, config)
+    try:
+        refs = history(opened, name)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    table = Table("time (UTC)", "user", "action", "tag", "from", "to", "sha256", "why")
+    table.title = f"{name}: " + (
+        ", ".join(f"{tag}={number}" for tag, number in sorted(refs.tags.items())) or "no tags"
+    )
+    for entry in refs.history:
+        table.add_row(
+            entry.time.strftime("%Y-%m-%d %H:%M:%S"),
+            entry.user,
+            entry.action,
+            entry.tag or "",
+            "" if entry.from_version is None else str(entry.from_version),
+            "" if entry.to_version is None else str(entry.to_version),
+            (entry.sha256 or "")[:12],
+            entry.why,
+        )
+    console.print(table)
+
+
+def _references(config: ConfigOpt) -> list[str]:
+    path = config_path(config)
+    if config is None and not path.is_file():
+        return []
+    try:
+        return config_references(load_config(path))
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def gc_models(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Remove versions that no tag, rollback or deployment of the config references (the
+    latest version of every model always stays)."""
+    opened = open_store(store, config)
+    plan = plan_gc(opened, _references(config))
+    if not plan.remove:
+        console.print(f"nothing to remove; {len(plan.keep)} version(s) in use")
+        return
+    table = Table("version", "format", "size", "created", title="unreferenced versions")
+    for manifest in plan.remove:
+        table.add_row(
+            manifest.label,
+            manifest.format,
+            f"{manifest.size / 2**20:,.1f} MiB",
+            manifest.created.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+    freed = f"{plan.freed_bytes / 2**20:,.1f} MiB"
+    if dry_run:
+        console.print(f"would free {freed}")
+        return
+    if not yes and not typer.confirm(f"remove {len(plan.remove)} version(s), {freed}?"):
+        raise typer.Exit(1)
+    for manifest in plan.remove:
+        opened.remove(manifest)
+    console.print(f"removed {len(plan.remove)} version(s), freed {freed}")
+
+
+def du_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
+    """Disk use by model, all versions together."""
+    opened = open_store(store, config)
+    rows = disk_usage(opened)
+    plan = plan_gc(opened, _references(config))
+    table = Table("model", "versions", "tags", "size", title=f"store: {opened.root}")
+    for usage in rows:
+        tags = ", ".join(f"{tag}={number}" for tag, number in sorted(usage.tags.items()))
+        table.add_row(usage.name, str(usage.versions), tags, f"{usage.bytes / 2**20:,.1f} MiB")
+    total = sum(u.bytes for u in rows)
+    table.add_section()
+    table.add_row("total", str(sum(u.versions for u in rows)), "", f"{total / 2**20:,.1f} MiB")
+    console.print(table)
+    console.print(
+        f"`cellar models gc` would free {plan.freed_bytes / 2**20:,.1f} MiB "
+        f"({len(plan.remove)} version(s))",
+        highlight=False,
+    )
