@@ -98,7 +98,7 @@ def test_gc_keeps_what_is_referenced(tmp_path: Path) -> None:
     child_of_1 = store.add(
         "m-hf",
         "m.gguf",
-        lambda path: fake_gguf(path, b"converted") and None,
+        lambda path: str(fake_gguf(path, b"converted")) and None,
         fmt="gguf",
         source="test",
         lineage=Lineage(parent="m", parent_sha256=store.get("m@1").sha256, method="gguf-to-hf"),
