@@ -51,6 +51,11 @@ class ServerSettings(Strict):
     load_timeout_s: float = Field(
         600, gt=0, description="How long a request waits for its model to load."
     )
+    drain_timeout: Duration = Field(
+        600.0,
+        description="When a model switches versions, how long requests still running on the "
+        "old version may take before its worker is stopped anyway.",
+    )
     tls: TlsSettings | None = Field(None, description="Serve HTTPS with this certificate.")
 
 

@@ -32,7 +32,7 @@ class Artifact:
 
     @property
     def label(self) -> str:
-        return f"store:{self.manifest.name}" if self.manifest else str(self.path)
+        return f"store:{self.manifest.label}" if self.manifest else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class ResolvedDeployment:
     adapters: tuple[ResolvedAdapter, ...] = ()
     """LoRA adapters, in the form the chosen engine needs."""
     mixes_adapters: bool = True
+    version: Manifest | None = None
+    """The stored version the source names (the artifact served may be its other format)."""
 
     @property
     def path(self) -> Path:
@@ -78,6 +80,11 @@ class ResolvedDeployment:
     @property
     def manifest(self) -> Manifest | None:
         return self.artifact.manifest
+
+    @property
+    def version_label(self) -> str:
+        """`NAME@VERSION` of a stored model, else the file's path."""
+        return self.version.label if self.version is not None else str(self.path)
 
 
 def _store_artifact(store: ModelStore, manifest: Manifest) -> Artifact:
@@ -157,15 +164,29 @@ def resolve_one(
         template,
         tuple(adapters),
         choice.mixes_adapters,
+        artifacts.source.manifest,
     )
+
+
+Resolver = Callable[[ModelDeployment], ResolvedDeployment]
+"""Resolves one of the config's deployments again (a tag may have moved since)."""
+
+
+def resolver_for(
+    config: CellarConfig, store: ModelStore, config_file: Path, chooser: Chooser
+) -> Resolver:
+    """Resolves the config's deployments; ConfigError names the file and the key."""
+    keys = {spec.name: f"{config_file}: models[{i}]" for i, spec in enumerate(config.models)}
+
+    def resolve(spec: ModelDeployment) -> ResolvedDeployment:
+        return resolve_one(spec, keys[spec.name], store, config_file.parent, chooser)
+
+    return resolve
 
 
 def resolve_deployments(
     config: CellarConfig, store: ModelStore, config_file: Path, chooser: Chooser
 ) -> list[ResolvedDeployment]:
     """Resolve every deployment, or raise ConfigError naming the file and the key."""
-    base_dir = config_file.parent
-    return [
-        resolve_one(spec, f"{config_file}: models[{index}]", store, base_dir, chooser)
-        for index, spec in enumerate(config.models)
-    ]
+    resolve = resolver_for(config, store, config_file, chooser)
+    return [resolve(spec) for spec in config.models]

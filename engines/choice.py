@@ -11,7 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cellar.config import CellarConfig, ModelDeployment, VllmSettings
-from cellar.deployments import Artifacts, EngineChoice, ResolvedDeployment, resolve_deployments
+from cellar.deployments import (
+    Artifacts,
+    EngineChoice,
+    ResolvedDeployment,
+    Resolver,
+    resolver_for,
+)
 from cellar.fingerprint import artifact_quantization
 from cellar.hardware import Hardware, detect
 from cellar.store import STORE_PREFIX, ModelStore
@@ -113,5 +119,13 @@ def resolve_here(
     config: CellarConfig, store: ModelStore, config_file: Path, hardware: Hardware | None = None
 ) -> list[ResolvedDeployment]:
     """Every deployment resolved for this machine (ConfigError names the file and the key)."""
+    resolve = resolver_here(config, store, config_file, hardware)
+    return [resolve(spec) for spec in config.models]
+
+
+def resolver_here(
+    config: CellarConfig, store: ModelStore, config_file: Path, hardware: Hardware | None = None
+) -> Resolver:
+    """Resolves one deployment of the config again, for this machine."""
     chooser = EngineChooser(hardware if hardware is not None else detect())
-    return resolve_deployments(config, store, config_file, chooser)
+    return resolver_for(config, store, config_file, chooser)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from cellar import __version__
 from cellar.auditlog import default_canary_history
 from cellar.config_access import CanarySettings, LimitSettings
-from cellar.deployments import ResolvedDeployment
+from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
 from server.audit import AuditLog, AuditMiddleware
@@ -49,6 +49,7 @@ def create_app(
     estimator: Estimator,
     limits: Limits,
     access: Access,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
     """The gateway app; its workers start with the app and stop with it."""
 
@@ -59,7 +60,7 @@ def create_app(
         async with httpx.AsyncClient(timeout=timeout, limits=pool) as client:
             metrics = Metrics()
             supervisor = Supervisor(
-                deployments, store, launcher, estimator, limits, metrics, client
+                deployments, store, launcher, estimator, limits, metrics, client, resolver
             )
             app.state.http = client
             app.state.started_at = time.time()

@@ -48,6 +48,20 @@ class Deployment:
     health_misses: int = 0
     crashed: bool = False
     """Failed because a running worker died (not because it could not load)."""
+    inflight: dict[int, int] = field(default_factory=dict)
+    """Requests holding a lease, by id() of the engine serving them."""
+    switching: bool = False
+    """A switch to another version is under way (see server.rollout)."""
+    switch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    paused: asyncio.Event | None = None
+    """Set while new requests wait for a switch that cannot run both versions at once."""
+    extra_bytes: int = 0
+    """Memory held beside the engine during a switch (the new version warming, or the old
+    one draining)."""
+    extra_claims: dict[int, float] = field(default_factory=dict)
+    last_switch: dict[str, Any] | None = None
+    skip_sha256: str | None = None
+    """A version that failed to switch in; not retried until the tag moves again."""
 
     @property
     def name(self) -> str:
@@ -60,6 +74,23 @@ class Deployment:
     @property
     def holds_memory(self) -> bool:
         return self.state in (State.LOADING, State.WARMING, State.READY, State.UNLOADING)
+
+    @property
+    def held_bytes(self) -> int:
+        return (self.estimate_bytes if self.holds_memory else 0) + self.extra_bytes
+
+    def held_share(self, device: int) -> float:
+        own = self.gpu_claims.get(device, 0.0) if self.holds_memory else 0.0
+        return own + self.extra_claims.get(device, 0.0)
+
+    def lease(self, engine: Engine) -> Lease:
+        """A turn on `engine` (counted until released, so a switch knows when it drained)."""
+        self.inflight[id(engine)] = self.inflight.get(id(engine), 0) + 1
+        self.last_used = time.monotonic()
+        return Lease(self, engine, self.resolved)
+
+    def serving(self, engine: Engine) -> int:
+        return self.inflight.get(id(engine), 0)
 
     def backoff_s(self) -> float:
         """0 after the first failure (restart at once), then 1, 2, 4 ... 60 s."""
@@ -86,8 +117,11 @@ class Deployment:
             "restarts": self.restarts,
             "error": self.error,
             "source": spec.source,
+            "version": self.resolved.version_label,
             "path": str(self.resolved.path),
             "sha256": self.resolved.manifest.sha256 if self.resolved.manifest else None,
+            "switching": self.switching,
+            "last_switch": self.last_switch,
         }
 
 
@@ -102,10 +136,17 @@ class Lease:
 
     deployment: Deployment
     engine: Engine
+    resolved: ResolvedDeployment
+    """The version the engine serves (a switch may have moved the deployment on since)."""
 
     def release(self) -> None:
-        self.deployment.last_used = time.monotonic()
-        self.deployment.admission.leave()
+        deployment = self.deployment
+        deployment.last_used = time.monotonic()
+        key = id(self.engine)
+        deployment.inflight[key] = deployment.inflight.get(key, 1) - 1
+        if deployment.inflight[key] <= 0:
+            del deployment.inflight[key]
+        deployment.admission.leave()
 
 
 @dataclass(frozen=True)
@@ -113,3 +154,5 @@ class Limits:
     budget_bytes: int
     keep_alive_s: float
     load_timeout_s: float
+    drain_timeout_s: float = 600.0
+    """How long a switch waits for requests on the old version before stopping it."""

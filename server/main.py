@@ -14,7 +14,7 @@ from cellar.errors import ConfigError
 from cellar.keys import default_keys_path
 from cellar.net import is_loopback
 from cellar.store import store_for
-from engines.choice import resolve_here
+from engines.choice import resolver_here
 from engines.launch import ProcessLauncher, memory_estimate
 from server.app import Access, create_app
 from server.audit import AuditLog
@@ -36,7 +36,7 @@ def limits_of(config: CellarConfig) -> Limits:
     budget = server.memory_budget
     if budget == "auto":
         budget = int(physical_memory() * AUTO_BUDGET_SHARE)
-    return Limits(budget, server.keep_alive, server.load_timeout_s)
+    return Limits(budget, server.keep_alive, server.load_timeout_s, server.drain_timeout)
 
 
 def access_of(config: CellarConfig, config_file: Path) -> Access:
@@ -90,7 +90,8 @@ def serve(config_file: Path) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    deployments = resolve_here(config, store, config_file)
+    resolver = resolver_here(config, store, config_file)
+    deployments = [resolver(spec) for spec in config.models]
     for deployment in deployments:
         log.info(
             "model %r: %s (%s)", deployment.spec.name, deployment.engine, deployment.engine_reason
@@ -99,7 +100,9 @@ def serve(config_file: Path) -> None:
     limits = limits_of(config)
     tls = tls_of(config, config_file)
     access = access_of(config, config_file)
-    app = create_app(deployments, store, ProcessLauncher(level), memory_estimate, limits, access)
+    app = create_app(
+        deployments, store, ProcessLauncher(level), memory_estimate, limits, access, resolver
+    )
     log.info(
         "serving %d model(s) on %s://%s:%d (API keys %s)",
         len(deployments),

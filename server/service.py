@@ -19,6 +19,8 @@ from server.proxy import Call, Proxy, Tap, WorkerUnreachable
 from server.ratelimit import Grant, RateLimiter
 from server.supervisor import Supervisor
 
+VERSION_HEADER = "x-cellar-model-version"
+SHA256_HEADER = "x-cellar-model-sha256"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 
@@ -121,6 +123,7 @@ class CompletionService:
         except BaseException:
             lease.release()
             raise
+        version = lease.resolved.version
         call = Call(
             model=body.model,
             engine=lease.engine,
@@ -133,7 +136,11 @@ class CompletionService:
             deadline=deadline,
         )
         try:
-            return await self.proxy.forward(request, call)
+            response = await self.proxy.forward(request, call)
         except WorkerUnreachable:
             self.supervisor.report_unreachable(lease)
             raise
+        if version is not None:  # which stored version answered (it changes on a switch)
+            response.headers[VERSION_HEADER] = version.label
+            response.headers[SHA256_HEADER] = version.sha256
+        return response

@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 import httpx
 
-from cellar.deployments import ResolvedDeployment
-from cellar.errors import EngineUnavailable, IntegrityError, ModelNotFound
-from cellar.store import ModelStore
+from cellar.deployments import ResolvedDeployment, Resolver
+from cellar.errors import CellarError, EngineUnavailable, IntegrityError, ModelNotFound, StoreError
+from cellar.store import STORE_PREFIX, ModelStore
+from cellar.versions import parse_ref
 from engines.base import Engine, EngineState
 from engines.launch import context_window, default_concurrency, engine_name, gpu_claims
 from engines.warmup import warm_up
@@ -36,6 +37,7 @@ from server.deployment import (
     keep_alive_of,
 )
 from server.metrics import Metrics
+from server.rollout import switch_version
 
 log = logging.getLogger("cellar.supervisor")
 
@@ -65,12 +67,16 @@ class Supervisor:
         limits: Limits,
         metrics: Metrics,
         http: httpx.AsyncClient,
+        resolver: Resolver | None = None,
     ) -> None:
         self._http = http
         self._store = store
         self._launcher = launcher
+        self._estimator = estimator
         self._limits = limits
         self._metrics = metrics
+        self._resolver = resolver
+        """Resolves a deployment again when its tag moves or an operator asks for a reload."""
         self._deployments: dict[str, Deployment] = {}
         for resolved in deployments:
             spec = resolved.spec
@@ -83,7 +89,7 @@ class Supervisor:
                     spec.max_queue,
                     separate_groups=bool(resolved.adapters) and not resolved.mixes_adapters,
                 ),
-                estimate_bytes=spec.memory_estimate or estimator(resolved),
+                estimate_bytes=self.estimate(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
                 context_window=context_window(resolved),
                 gpu_claims=gpu_claims(resolved),
@@ -98,9 +104,11 @@ class Supervisor:
             for adapter in deployment.resolved.adapters:
                 for name in (adapter.name, *adapter.aliases):
                     self._routes[name] = (deployment, adapter.name)
-        self._budget_lock = asyncio.Lock()
+        self.budget_lock = asyncio.Lock()
+        """Held while deciding what loads (and what is evicted) within the memory budget."""
         self._monitor: asyncio.Task[None] | None = None
         self._last_health = 0.0
+        self._switches: set[asyncio.Task[None]] = set()
 
     @property
     def names(self) -> list[str]:
@@ -122,6 +130,13 @@ class Supervisor:
     @property
     def budget_bytes(self) -> int:
         return self._limits.budget_bytes
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    def estimate(self, resolved: ResolvedDeployment) -> int:
+        return resolved.spec.memory_estimate or self._estimator(resolved)
 
     def start(self) -> None:
         """Preload what the config asks for; watch every deployment from now on."""
@@ -152,10 +167,17 @@ class Supervisor:
         except BaseException:
             deployment.admission.leave()
             raise
-        deployment.last_used = time.monotonic()
-        return Lease(deployment, engine)
+        return deployment.lease(engine)
 
     async def _ready(self, deployment: Deployment) -> Engine:
+        if deployment.paused is not None:  # a switch with no room for both versions
+            try:
+                await asyncio.wait_for(deployment.paused.wait(), self._limits.load_timeout_s)
+            except TimeoutError:
+                raise EngineUnavailable(
+                    f"model {deployment.name!r} is still switching versions after "
+                    f"{self._limits.load_timeout_s:g} s; retry later"
+                ) from None
         self._notice_crash(deployment)
         while deployment.state is State.UNLOADING:
             await asyncio.sleep(0.05)
@@ -207,27 +229,15 @@ class Supervisor:
         deployment.error = None
         spec = deployment.resolved.spec
         try:
-            manifest = deployment.resolved.manifest
-            if manifest is not None:
-                await asyncio.to_thread(self._store.verify, manifest.name)
-            async with self._budget_lock:
-                await self._make_room(deployment)
+            await self.verify(deployment.resolved)
+            async with self.budget_lock:
+                await self.make_room(deployment)
                 engine = self._launcher(deployment.resolved)
                 deployment.engine = engine
                 await engine.start()
-            await engine.wait_ready(spec.startup_timeout_s)
-            if spec.warmup.enabled and spec.warmup.prompts:
-                self._set_state(deployment, State.WARMING)
-                ttfts = await warm_up(
-                    self._http,
-                    engine.base_url,
-                    spec.name,
-                    spec.warmup.prompts,
-                    spec.warmup.max_tokens,
-                )
-                log.info(
-                    "model %r warmed up: TTFT %s s", spec.name, ", ".join(f"{t:.3f}" for t in ttfts)
-                )
+            await self.warm(
+                engine, deployment.resolved, lambda: self._set_state(deployment, State.WARMING)
+            )
         except IntegrityError as exc:
             await self._fail(deployment, f"refused to load: {exc}")
         except EngineUnavailable as exc:
@@ -248,6 +258,29 @@ class Supervisor:
                 time.monotonic() - started,
             )
 
+    async def verify(self, resolved: ResolvedDeployment) -> None:
+        """Re-hash a stored artifact before it loads (IntegrityError when it changed)."""
+        if resolved.manifest is not None:
+            await asyncio.to_thread(self._store.verify_manifest, resolved.manifest)
+
+    async def warm(
+        self, engine: Engine, resolved: ResolvedDeployment, warming: Callable[[], None]
+    ) -> None:
+        """Wait for a started engine to be ready, then run the warm-up prompts through it."""
+        spec = resolved.spec
+        await engine.wait_ready(spec.startup_timeout_s)
+        if spec.warmup.enabled and spec.warmup.prompts:
+            warming()
+            ttfts = await warm_up(
+                self._http, engine.base_url, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
+            )
+            log.info(
+                "model %r (%s) warmed up: TTFT %s s",
+                spec.name,
+                resolved.version_label,
+                ", ".join(f"{t:.3f}" for t in ttfts),
+            )
+
     async def _fail(self, deployment: Deployment, reason: str) -> None:
         if deployment.engine is not None:
             await deployment.engine.stop()
@@ -259,21 +292,38 @@ class Supervisor:
         self._set_state(deployment, State.FAILED)
         log.error("model %r is unavailable: %s", deployment.name, reason)
 
-    async def _make_room(self, deployment: Deployment) -> None:
+    async def make_room(
+        self,
+        deployment: Deployment,
+        need: int | None = None,
+        claims: dict[int, float] | None = None,
+    ) -> None:
         """Evict idle models, least recently used first, until `deployment` fits the memory
-        budget and every GPU it claims has room for its share."""
-        budget, need = self._limits.budget_bytes, deployment.estimate_bytes
+        budget and every GPU it claims has room for its share. With `need` and `claims`: room
+        for another version of it beside the one it runs (server.rollout)."""
+        beside = need is not None
+        budget = self._limits.budget_bytes
+        need = deployment.estimate_bytes if need is None else need
+        claims = deployment.gpu_claims if claims is None else claims
         if need > budget:
             raise EngineUnavailable(
                 f"model {deployment.name!r} needs about {_gib(need)}, more than the whole "
                 f"memory budget of {_gib(budget)} (server.memory_budget)"
             )
-        others = [d for d in self._deployments.values() if d is not deployment]
-        while (shortage := self._shortage(deployment, others)) is not None:
+        others = [d for d in self._deployments.values() if beside or d is not deployment]
+        while (shortage := self._shortage(need, claims, others)) is not None:
             what, relieves = shortage
-            idle = [d for d in others if d.state is State.READY and not d.busy and relieves(d)]
+            idle = [
+                d
+                for d in others
+                if d.state is State.READY
+                and not d.busy
+                and not d.switching
+                and d is not deployment
+                and relieves(d)
+            ]
             if not idle:
-                holders = ", ".join(d.name for d in others if d.holds_memory and relieves(d))
+                holders = ", ".join(d.name for d in others if d.held_bytes and relieves(d))
                 raise EngineUnavailable(
                     f"model {deployment.name!r} needs {what}, and the models holding the rest "
                     f"are busy ({holders}); retry later"
@@ -282,20 +332,20 @@ class Supervisor:
             await self._unload(victim, f"evicted to make room for {deployment.name!r}")
 
     def _shortage(
-        self, deployment: Deployment, others: list[Deployment]
+        self, need: int, claims: dict[int, float], others: list[Deployment]
     ) -> tuple[str, Callable[[Deployment], bool]] | None:
-        """What `deployment` lacks to load now, and which loaded models would free it."""
-        holders = [d for d in others if d.holds_memory]
-        budget, need = self._limits.budget_bytes, deployment.estimate_bytes
-        used = sum(d.estimate_bytes for d in holders)
+        """What a model needing `need` bytes and `claims` lacks to load now, and which loaded
+        models would free it."""
+        budget = self._limits.budget_bytes
+        used = sum(d.held_bytes for d in others)
         if used + need > budget:
             free = _gib(max(budget - used, 0))
             return (
                 f"about {_gib(need)} but only {free} of the {_gib(budget)} memory budget is free",
                 lambda d: True,
             )
-        for device, share in sorted(deployment.gpu_claims.items()):
-            taken = sum(d.gpu_claims.get(device, 0.0) for d in holders)
+        for device, share in sorted(claims.items()):
+            taken = sum(d.held_share(device) for d in others)
             if taken + share > 1.0 + 1e-9:
                 return (
                     f"{share:.0%} of GPU {device} (vllm.gpu_memory_utilization) but "
@@ -328,7 +378,7 @@ class Supervisor:
         if deployment.load_task is not None and not deployment.load_task.done():
             await asyncio.wait({deployment.load_task})
         if deployment.engine is not None:
-            async with self._budget_lock:
+            async with self.budget_lock:
                 await self._unload(deployment, "asked to by an operator")
         return deployment
 
@@ -337,6 +387,79 @@ class Supervisor:
         deployment = lease.deployment
         if deployment.engine is lease.engine and deployment.state is State.READY:
             self._crashed(deployment, lease.engine.error or "its worker refused connections")
+
+    # -- versions --------------------------------------------------------------------------
+
+    def launch(self, resolved: ResolvedDeployment) -> Engine:
+        return self._launcher(resolved)
+
+    def adopt(
+        self, deployment: Deployment, resolved: ResolvedDeployment, engine: Engine | None = None
+    ) -> None:
+        """Make `resolved` the deployment's version; with `engine` (started and warm), route
+        new requests to it from now on."""
+        deployment.resolved = resolved
+        deployment.estimate_bytes = self.estimate(resolved)
+        deployment.context_window = context_window(resolved)
+        deployment.gpu_claims = gpu_claims(resolved)
+        deployment.failures, deployment.retry_at, deployment.error = 0, 0.0, None
+        deployment.skip_sha256 = None
+        if engine is not None:
+            deployment.engine = engine
+            deployment.loaded_at = deployment.last_used = time.monotonic()
+            deployment.health_misses, deployment.crashed = 0, False
+            self._set_state(deployment, State.READY)
+
+    async def load_now(self, deployment: Deployment) -> bool:
+        """Load the deployment's version and wait; whether it is ready."""
+        self._begin_load(deployment)
+        assert deployment.load_task is not None
+        await asyncio.wait({deployment.load_task})
+        return deployment.state is State.READY
+
+    async def reload(self, name: str, why: str = "reload asked for by an operator") -> Deployment:
+        """Admin: resolve the deployment's source again (its tag may have moved) and switch
+        to a fresh worker of that version, failing no request (see server.rollout)."""
+        deployment = self.get(name)
+        if self._resolver is None:
+            raise EngineUnavailable(f"model {deployment.name!r} cannot be reloaded here")
+        try:
+            new = await asyncio.to_thread(self._resolver, deployment.resolved.spec)
+        except CellarError as exc:
+            raise EngineUnavailable(f"cannot reload {deployment.name!r}: {exc.message}") from None
+        await switch_version(self, deployment, new, why)
+        return deployment
+
+    def _follow_tag(self, deployment: Deployment) -> None:
+        """Start a switch when the tag (or `latest`) the deployment's source names has moved."""
+        source = deployment.resolved.spec.source
+        if self._resolver is None or not source.startswith(STORE_PREFIX):
+            return
+        if deployment.switching or deployment.switch_lock.locked():
+            return
+        try:
+            ref = parse_ref(source.removeprefix(STORE_PREFIX))
+            if not ref.follows:
+                return
+            current = self._store.get(str(ref))
+        except StoreError:
+            return  # a tag removed: keep serving what runs
+        serving = deployment.resolved.version
+        if serving is not None and current.sha256 in (serving.sha256, deployment.skip_sha256):
+            return
+        why = f"{ref} moved to version {current.version}"
+        task = asyncio.create_task(self._switch_to_current(deployment, why, current.sha256))
+        self._switches.add(task)
+        task.add_done_callback(self._switches.discard)
+
+    async def _switch_to_current(self, deployment: Deployment, why: str, sha256: str) -> None:
+        assert self._resolver is not None
+        try:
+            new = await asyncio.to_thread(self._resolver, deployment.resolved.spec)
+            await switch_version(self, deployment, new, why)
+        except CellarError as exc:
+            log.error("model %r: not switched (%s): %s", deployment.name, why, exc.message)
+            deployment.skip_sha256 = sha256  # until the tag moves again
 
     # -- watching --------------------------------------------------------------------------
 
@@ -373,6 +496,9 @@ class Supervisor:
         if probe:
             self._last_health = now
         for deployment in self._deployments.values():
+            self._follow_tag(deployment)
+            if deployment.switching:
+                continue  # server.rollout watches it until the switch is done
             self._notice_crash(deployment)
             if deployment.state is State.READY:
                 await self._check_ready(deployment, now, probe)
@@ -391,7 +517,7 @@ class Supervisor:
         idle_for = now - deployment.last_used
         keep = deployment.keep_alive_s
         if keep >= 0 and not deployment.busy and idle_for > keep:
-            async with self._budget_lock:
+            async with self.budget_lock:
                 if deployment.state is State.READY and not deployment.busy:
                     await self._unload(
                         deployment, f"idle for {idle_for:.0f} s (keep_alive {keep:g} s)"
@@ -435,6 +561,9 @@ class Supervisor:
     async def stop_all(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
+        for switch in list(self._switches):
+            switch.cancel()
+        await asyncio.gather(*self._switches, return_exceptions=True)
         tasks = [d.load_task for d in self._deployments.values() if d.load_task is not None]
         for task in tasks:
             task.cancel()

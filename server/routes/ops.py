@@ -83,3 +83,12 @@ async def admin_load(name: str, request: Request) -> dict[str, Any]:
 async def admin_unload(name: str, request: Request) -> dict[str, Any]:
     deployment = await _service(request).supervisor.unload(name)
     return deployment.describe(engine_name(deployment.resolved))
+
+
+@router.post("/admin/models/{name}/reload", dependencies=[Depends(require_admin)])
+async def admin_reload(name: str, request: Request) -> dict[str, Any]:
+    """Resolve the model's source again (its tag may have moved) and switch to a fresh worker
+    of that version: started and warmed beside the old one when memory allows, else with new
+    requests queued; requests already running finish on the old one. Answers when done."""
+    deployment = await _service(request).supervisor.reload(name)
+    return deployment.describe(engine_name(deployment.resolved))

@@ -141,6 +141,6 @@ def test_a_bitsandbytes_checkpoint_needs_the_cuda_build(store: ModelStore, tmp_p
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (ckpt / "config.json").write_text(json.dumps(config))
     store.import_file(ckpt, "nf4")
-    with pytest.raises(ValueError, match=r"store:nf4 is a bitsandbytes checkpoint.*NVIDIA GPU"):
+    with pytest.raises(ValueError, match=r"store:nf4@1 is a bitsandbytes checkpoint.*NVIDIA GPU"):
         _choose(store, "store:nf4", CPU, CPU_VLLM)
     assert _choose(store, "store:nf4", GPU, CUDA_VLLM).engine == "vllm"
