@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cellar.cli_bench import bench_app
+from cellar.cli_bundle import bundle_app
 from cellar.cli_common import ConfigOpt, console, fail
 from cellar.cli_finetune import finetune
 from cellar.cli_keys import keys_app
@@ -38,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tools_app, name="tools")
+app.add_typer(bundle_app, name="bundle")
 app.command()(canary)
 models_app.command("tag")(tag_model)
 models_app.command("untag")(untag_model)
