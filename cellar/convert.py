@@ -136,7 +136,7 @@ def convert_to_hf(store: ModelStore, name: str, new_name: str, step: Step) -> Ma
         if existing.name == new_name and existing.format == "hf":
             return existing
     step(f"checking {name}")
-    store.verify(name)
+    store.verify_manifest(parent)
     gguf = store.file_of(parent)
     add_bos = _adds_bos(gguf)
     lineage = Lineage(
