@@ -12,6 +12,7 @@ from rich.table import Table
 from cellar.cli_common import ConfigOpt, StoreOpt, console, fail, open_store, progress_bar
 from cellar.config import config_path, load_config
 from cellar.errors import ConfigError, StoreError
+from cellar.versions import parse_ref
 
 models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
 
@@ -168,7 +169,7 @@ def convert_model(
     if to != "hf":
         raise fail(f"unknown target format {to!r}: `cellar models convert` writes `hf`")
     target = open_store(store, config)
-    result = new_name or f"{name}-hf"
+    result = new_name or f"{parse_ref(name).name}-hf"  # NAME@prod -> a version of NAME-hf
     try:
         with console.status(f"converting {name}") as status:
             manifest = convert_to_hf(

@@ -15,6 +15,7 @@ from rich.table import Table
 from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_store
 from cellar.config import config_path, load_config
 from cellar.errors import ConfigError, StoreError
+from cellar.versions import parse_ref
 
 _QUANT_SUFFIX = re.compile(r"-(f16|f32|bf16|q\d[\w]*)$", re.IGNORECASE)
 
@@ -116,7 +117,8 @@ def quantize(
     text = eval_file or default_eval_file()
     if not text.is_file():
         raise fail(f"--eval-file {text}: no such file")
-    new_name = name or f"{_QUANT_SUFFIX.sub('', model)}-{chosen.name}"
+    base = parse_ref(model).name  # NAME@prod -> NAME
+    new_name = name or f"{_QUANT_SUFFIX.sub('', base)}-{chosen.name}"
     request = Request(
         model=model,
         target=chosen,

