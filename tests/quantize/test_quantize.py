@@ -217,7 +217,7 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 2 and "broken" in done.stderr
-    assert sorted(p.name for p in other.root.iterdir()) == ["broken"]
+    assert sorted(p.name for p in other.root.iterdir()) == [".refs", "broken"]
 
 
 def test_bnb_nf4_checkpoint_loads_and_generates(converted_store: ModelStore) -> None:
