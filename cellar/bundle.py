@@ -21,6 +21,7 @@ same name are not stored twice) and sets its tags, mapped by sha256 to the local
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,6 +117,20 @@ def project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
+def _clean_copy(root: Path, into: Path) -> str:
+    """pyproject.toml, the README and the packages it names, without build leftovers."""
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, into / name)
+    for package in root.iterdir():
+        if package.is_dir() and any(fnmatch.fnmatch(package.name, p) for p in patterns):
+            shutil.copytree(
+                package, into / package.name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+    return str(into)
+
+
 def _pip(args: list[str], say: Say) -> None:
     command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     say(" ".join(command[2:]))
@@ -133,7 +149,9 @@ def build_wheelhouse(
             "export needs Cellar's source (a checkout with pyproject.toml) to build its wheel"
         )
     dest.mkdir(parents=True, exist_ok=True)
-    _pip(["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), str(root)], say)
+    with tempfile.TemporaryDirectory() as clean:  # no stale build/ of the checkout in the wheel
+        source = _clean_copy(root, Path(clean))
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest), source], say)
     [wheel] = dest.glob("cellarlm-*.whl")
     requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
     links = [arg for path in find_links if path.is_dir() for arg in ("--find-links", str(path))]
