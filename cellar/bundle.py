@@ -44,6 +44,7 @@ from cellar import __version__
 from cellar.errors import StoreError
 from cellar.gc import FORMS_OF_ONE
 from cellar.hashing import copy_tree_hashing, files_under
+from cellar.llamacpp_tools import install, llama_cpp_version
 from cellar.store import MANIFEST, Manifest, ModelStore
 from cellar.tags import set_tag
 from cellar.versions import parse_ref, rollback_target
@@ -326,7 +327,7 @@ def verify_bundle(path: Path, say: Say = lambda _: None) -> Verified:
             continue
         say(f"checking {name}")
         digest = hashlib.sha256()
-        for block in iter(lambda handle=handle: handle.read(1 << 20), b""):  # type: ignore[misc]
+        while block := handle.read(1 << 20):
             digest.update(block)
         seen[name] = digest.hexdigest()
     if index is None:
@@ -383,12 +384,23 @@ def import_bundle(path: Path, store: ModelStore, say: Say, why: str = "") -> lis
             for tag, sha in tags.items():
                 set_tag(store, name, str(local[sha].version), tag, why)
                 done.append(f"{name}@{tag} -> version {local[sha].version}")
+        done.append(_install_converters(root / "sdist"))
     return done
+
+
+def _install_converters(sources: Path) -> str:
+    """llama.cpp's converters from the bundle's llama-cpp-python source package, when it
+    matches the installed llama-cpp-python (for `cellar quantize` and `cellar finetune`)."""
+    sdist = sources / f"llama_cpp_python-{llama_cpp_version()}.tar.gz"
+    if not sdist.is_file():
+        return f"llama.cpp converters not installed: no {sdist.name} in the bundle"
+    where, _ = install(sdist)
+    return f"llama.cpp converters: {where}"
 
 
 @contextlib.contextmanager
 def _unpacked(path: Path, store: ModelStore) -> Iterator[Path]:
-    """The bundle as a directory: itself, or its models unpacked beside the store."""
+    """The bundle as a directory: itself, or its models and sources unpacked beside the store."""
     if path.is_dir():
         yield path
         return
@@ -396,8 +408,8 @@ def _unpacked(path: Path, store: ModelStore) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=".bundle.", dir=store.root))
     try:
         with tarfile.open(path) as archive:
-            models = [m for m in archive.getmembers() if m.name.startswith("models/")]
-            archive.extractall(work, members=models, filter="data")
+            wanted = [m for m in archive.getmembers() if m.name.startswith(("models/", "sdist/"))]
+            archive.extractall(work, members=wanted, filter="data")
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)

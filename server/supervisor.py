@@ -431,19 +431,18 @@ class Supervisor:
         await switch_version(self, deployment, new, why)
         return deployment
 
-    def _follow_tag(self, deployment: Deployment) -> None:
+    async def _follow_tag(self, deployment: Deployment) -> None:
         """Start a switch when the tag (or `latest`) the deployment's source names has moved."""
         source = deployment.resolved.spec.source
         if self._resolver is None or not source.startswith(STORE_PREFIX):
             return
-        running = self._switches.get(deployment.name)
-        if deployment.switching or deployment.switch_lock.locked() or running is not None:
+        if deployment.name in self._switches or deployment.switch_lock.locked():
             return
         try:
             ref = parse_ref(source.removeprefix(STORE_PREFIX))
             if not ref.follows:
                 return
-            current = self._store.get(str(ref))
+            current = await asyncio.to_thread(self._store.get, str(ref))
         except StoreError:
             return  # a tag removed: keep serving what runs
         serving = deployment.resolved.version
@@ -498,7 +497,7 @@ class Supervisor:
         if probe:
             self._last_health = now
         for deployment in self._deployments.values():
-            self._follow_tag(deployment)
+            await self._follow_tag(deployment)
             if deployment.switching:
                 continue  # server.rollout watches it until the switch is done
             self._notice_crash(deployment)

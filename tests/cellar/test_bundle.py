@@ -115,6 +115,7 @@ def test_install_import_and_serve_with_no_network(bundle: Path, tmp_path: Path) 
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{log}"
     assert "files match ." in done.stdout
     assert f"{NAME}@1: imported" in done.stdout and f"{NAME}@prod -> version 1" in done.stdout
+    assert "llama.cpp converters: " in done.stdout
     assert f"STATUS 200 {NAME}@1" in done.stdout
     answer = done.stdout.split("ANSWER", 1)[1].strip()
     assert answer, done.stdout
