@@ -112,16 +112,16 @@ pytest: setup $(VLLM_READY)
 test: setup lint typecheck pytest
 
 bench: setup
-	$(PY) -m benchmarks.batching
+	$(PY) -m cellar.benchmarks.batching
 
 bench-warmup: setup
-	$(PY) -m benchmarks.warmup
+	$(PY) -m cellar.benchmarks.warmup
 
 bench-adapters: setup
-	$(PY) -m benchmarks.adapters
+	$(PY) -m cellar.benchmarks.adapters
 
 bench-vllm: setup $(VLLM_READY)
-	$(PY) -m benchmarks.vllm_overhead
+	$(PY) -m cellar.benchmarks.vllm_overhead
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json

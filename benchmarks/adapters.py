@@ -1,6 +1,6 @@
 """What keeping LoRA adapters out of each other's batches costs the llama.cpp worker, in one run.
 
-    python -m benchmarks.adapters [--clients 8] [--max-tokens 64] [--rounds 3]
+    python -m cellar.benchmarks.adapters [--clients 8] [--max-tokens 64] [--rounds 3]
 
 An adapter applies to a whole llama.cpp context, so the worker decodes one adapter's sequences
 (or the base model's) per step, taking turns. This benchmark serves the bundled model with one
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -22,23 +21,26 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
-DATA = REPO / "finetune" / "examples" / "mascot-train.jsonl"
+from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+from cellar.child import python_module
+from cellar.engines.process import free_port
+
+DATA = resources.files("cellar.finetune") / "examples" / "mascot-train.jsonl"
 PROMPTS = ["The ship sailed", "The old castle", "In the laboratory", "The market opened"]
 
 
 def cellar(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "cellar", *args], check=True, capture_output=True)
+    subprocess.run(python_module("cellar", *args), check=True, capture_output=True)
 
 
 def train_adapter(store: Path) -> str:
-    cellar("models", "import", str(BUNDLED), "--name", "base", "--store", str(store))
+    cellar("models", "import", str(bundled_gguf()), "--name", "base", "--store", str(store))
     cellar(
         "finetune", "base", "--data", str(DATA), "--name", "bench", "--steps", "6",
         "--chat-template", "gemma", "--store", str(store),
@@ -48,7 +50,7 @@ def train_adapter(store: Path) -> str:
 
 @contextmanager
 def gateway(work: Path, store: Path, base: str, adapter: str, clients: int) -> Iterator[str]:
-    port = 18000 + os.getpid() % 1000
+    port = free_port()
     config = {
         "server": {"port": port, "log_level": "warning"},
         "store": {"path": str(store)},
@@ -67,27 +69,9 @@ def gateway(work: Path, store: Path, base: str, adapter: str, clients: int) -> I
     }
     path = work / "cellar.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cellar", "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("the gateway did not become ready")
+    with spawn_gateway(path, work / "gateway.log", url):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 async def stream(client: httpx.AsyncClient, model: str, prompt: str, tokens: int) -> list[float]:

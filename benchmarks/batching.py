@@ -1,6 +1,6 @@
 """Continuous batching: Cellar's gateway vs llama-cpp-python's own server, in one run.
 
-    python -m benchmarks.batching [--clients 1,4,8] [--max-tokens 128] [--rounds 2]
+    python -m cellar.benchmarks.batching [--clients 1,4,8] [--max-tokens 128] [--rounds 2]
 
 Both servers serve the same GGUF with the same thread count, one after the other on this
 machine. At each concurrency level, every client streams `rounds` completions of `max_tokens`
@@ -30,8 +30,8 @@ import httpx
 import llama_cpp
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "build" / "models" / "gemma-3-270m-q4_k_m.gguf"
+from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+
 MODEL_NAME = "bench-model"
 TOPICS = [
     "The ship sailed",
@@ -101,7 +101,7 @@ def _running(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
             proc.wait()
 
 
-def cellar_server(model: Path, threads: int, slots: int, work: Path, port: int) -> list[str]:
+def cellar_config(model: Path, threads: int, slots: int, work: Path, port: int) -> Path:
     config = {
         "server": {"port": port, "log_level": "warning"},
         "store": {"path": str(work / "store")},
@@ -115,7 +115,7 @@ def cellar_server(model: Path, threads: int, slots: int, work: Path, port: int) 
     }
     path = work / "cellar.yaml"
     path.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "cellar", "serve", "--config", str(path)]
+    return path
 
 
 def baseline_server(model: Path, threads: int, port: int) -> list[str]:
@@ -201,32 +201,36 @@ async def measure(
     return Level(name, clients, tokens, wall, [ttft for _, ttft in results])
 
 
+def _levels(
+    name: str, base: str, levels: list[int], rounds: int, max_tokens: int, vocab: llama_cpp.Llama
+) -> list[Level]:
+    asyncio.run(measure(name, base, 1, 1, 8, vocab))  # warm-up, not counted
+    results = []
+    for clients in levels:
+        level = asyncio.run(measure(name, base, clients, rounds, max_tokens, vocab))
+        print(
+            f"  {name:17s} {clients:2d} clients: {level.throughput:6.1f} tok/s, "
+            f"mean TTFT {level.mean_ttft:.3f} s",
+            flush=True,
+        )
+        results.append(level)
+    return results
+
+
 def run(model: Path, levels: list[int], rounds: int, max_tokens: int, threads: int) -> list[Level]:
     vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-    results: list[Level] = []
     with tempfile.TemporaryDirectory(prefix="cellar-bench-") as tmp:
         work = Path(tmp)
-        servers = {
-            "cellar": lambda port: (
-                cellar_server(model, threads, max(levels), work, port),
-                "/health/ready",
-            ),
-            "llama-cpp-python": lambda port: (baseline_server(model, threads, port), "/v1/models"),
-        }
-        for name, build in servers.items():
-            port = _free_port()
-            argv, ready = build(port)
-            base = f"http://127.0.0.1:{port}"
-            with _running(argv, base + ready, work / f"{name}.log"):
-                asyncio.run(measure(name, base, 1, 1, 8, vocab))  # warm-up, not counted
-                for clients in levels:
-                    level = asyncio.run(measure(name, base, clients, rounds, max_tokens, vocab))
-                    print(
-                        f"  {name:17s} {clients:2d} clients: {level.throughput:6.1f} tok/s, "
-                        f"mean TTFT {level.mean_ttft:.3f} s",
-                        flush=True,
-                    )
-                    results.append(level)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        config = cellar_config(model, threads, max(levels), work, port)
+        with spawn_gateway(config, work / "cellar.log", base):
+            results = _levels("cellar", base, levels, rounds, max_tokens, vocab)
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        argv = baseline_server(model, threads, port)
+        with _running(argv, base + "/v1/models", work / "llama-cpp-python.log"):
+            results += _levels("llama-cpp-python", base, levels, rounds, max_tokens, vocab)
     return results
 
 
@@ -250,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled GGUF")
     parser.add_argument("--clients", default="1,4,8", help="concurrency levels, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client per level")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.clients.split(",")]
+    args.model = args.model or bundled_gguf()
     print(
         f"model {args.model.name}, {args.threads} threads, {args.max_tokens} tokens per request, "
         f"{args.rounds} request(s) per client per level"

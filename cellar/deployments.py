@@ -17,7 +17,7 @@ from typing import Literal
 from cellar.adapters import ResolvedAdapter, resolve_adapter
 from cellar.chat import load_template_spec
 from cellar.config import CellarConfig, ModelDeployment
-from cellar.errors import ConfigError, StoreError
+from cellar.errors import ConfigError, EngineChoiceError, StoreError
 from cellar.store import STORE_PREFIX, Format, Manifest, ModelStore, sniff_format
 
 EngineKind = Literal["llamacpp", "vllm"]
@@ -142,7 +142,7 @@ def resolve_one(
         raise ConfigError(f"{key}.source: {exc}") from None
     try:
         choice = chooser(spec, artifacts)
-    except ValueError as exc:
+    except EngineChoiceError as exc:
         raise ConfigError(f"{key}.engine: {exc}") from None
     template = None
     if spec.chat_template is not None:

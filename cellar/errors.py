@@ -1,8 +1,14 @@
-"""Typed errors, rendered in one place in OpenAI's shape.
+"""One tree of typed errors, each rendered in one place.
 
-Raise one of these where the failure is known; the gateway's and the workers' single exception
-handler turns it into `{"error": {"message", "type", "param", "code"}}` with the class's HTTP
-status. Never match on message text: match on the class or on `code`.
+    CellarError                  the root: a failure Cellar knows and explains in `message`
+    ├── ApiError                 the HTTP side: what a client sees, with status, type and code;
+    │                            cellar.web renders it as OpenAI's `{"error": {...}}`
+    └── ToolError                the tool side: what an operator or a script sees from the CLI,
+                                 the config, the store and the offline tools; the CLI's one
+                                 handler (cellar.cli.main) prints it and exits with `exit_code`
+
+Raise one where the failure is known. Never match on message text: match on the class (or on
+an ApiError's `code`).
 """
 
 from __future__ import annotations
@@ -11,7 +17,15 @@ from typing import Any, ClassVar
 
 
 class CellarError(Exception):
-    """Base of every error a client may see."""
+    """The root of every error Cellar raises on purpose; `message` says what failed and why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ApiError(CellarError):
+    """Base of every error a client may see (500 unless a subclass says otherwise)."""
 
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
@@ -19,7 +33,6 @@ class CellarError(Exception):
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.param = param
 
     def body(self) -> dict[str, Any]:
@@ -38,7 +51,7 @@ class CellarError(Exception):
         return {}
 
 
-class InvalidRequest(CellarError):
+class InvalidRequest(ApiError):
     """The request body is malformed or asks for something impossible (400)."""
 
     status = 400
@@ -58,7 +71,7 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
-class ModelNotFound(CellarError):
+class ModelNotFound(ApiError):
     """No deployment serves the requested `model` (404)."""
 
     status = 404
@@ -66,7 +79,7 @@ class ModelNotFound(CellarError):
     code = "model_not_found"
 
 
-class NotFound(CellarError):
+class NotFound(ApiError):
     """Unknown route (404)."""
 
     status = 404
@@ -74,7 +87,7 @@ class NotFound(CellarError):
     code = "not_found"
 
 
-class EngineUnavailable(CellarError):
+class EngineUnavailable(ApiError):
     """The model's worker is not running: it failed to load, crashed or is starting (503)."""
 
     status = 503
@@ -82,7 +95,7 @@ class EngineUnavailable(CellarError):
     code = "model_unavailable"
 
 
-class EngineFailed(CellarError):
+class EngineFailed(ApiError):
     """The worker broke off while serving this request (502)."""
 
     status = 502
@@ -90,7 +103,7 @@ class EngineFailed(CellarError):
     code = "engine_error"
 
 
-class Overloaded(CellarError):
+class Overloaded(ApiError):
     """Too many requests are waiting for this model (429 with Retry-After)."""
 
     status = 429
@@ -105,7 +118,7 @@ class Overloaded(CellarError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
-class InvalidApiKey(CellarError):
+class InvalidApiKey(ApiError):
     """No key, or one that is wrong, expired or revoked (401)."""
 
     status = 401
@@ -116,7 +129,7 @@ class InvalidApiKey(CellarError):
         return {"WWW-Authenticate": "Bearer"}
 
 
-class ModelNotAllowed(CellarError):
+class ModelNotAllowed(ApiError):
     """The key may not use this model (403)."""
 
     status = 403
@@ -124,7 +137,7 @@ class ModelNotAllowed(CellarError):
     code = "model_not_allowed"
 
 
-class PermissionDenied(CellarError):
+class PermissionDenied(ApiError):
     """The key's role may not call this route (403)."""
 
     status = 403
@@ -132,7 +145,7 @@ class PermissionDenied(CellarError):
     code = "permission_denied"
 
 
-class RequestTooLarge(CellarError):
+class RequestTooLarge(ApiError):
     """The request body is bigger than `limits.max_body` (413)."""
 
     status = 413
@@ -140,7 +153,7 @@ class RequestTooLarge(CellarError):
     code = "request_too_large"
 
 
-class RequestTimeout(CellarError):
+class RequestTimeout(ApiError):
     """The request took longer than `limits.request_timeout` (504)."""
 
     status = 504
@@ -159,13 +172,32 @@ class RateLimited(Overloaded):
         return {**super().headers(), **self.limit_headers}
 
 
-class ConfigError(Exception):
+class ToolError(CellarError):
+    """An operator-facing failure: the CLI prints `message` and exits with `exit_code`."""
+
+    exit_code: ClassVar[int] = 2
+    """2: the command could not do what was asked (bad input, config or state); 1: it ran
+    and found a problem (a failed check, a quality gate)."""
+
+
+class ConfigError(ToolError):
     """A configuration file is invalid; the message names the file, the key and the reason."""
 
 
-class StoreError(Exception):
+class StoreError(ToolError):
     """The model store refused an operation; the message says which model and why."""
 
 
 class IntegrityError(StoreError):
     """A stored model file no longer matches the sha256 recorded when it was imported."""
+
+    exit_code = 1
+
+
+class EngineChoiceError(ToolError):
+    """No engine can serve a deployment as configured (the message says why); the config
+    loader reports it under the deployment's `engine` key."""
+
+
+class ConvertError(ToolError):
+    """A model could not be converted between formats (GGUF, Hugging Face checkpoint)."""

@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from cellar.errors import ToolError
+
 _SCALARS = {
     0: "<B",
     1: "<b",
@@ -30,7 +32,7 @@ _STRING, _ARRAY = 8, 9
 Scalar = int | float | bool | str
 
 
-class GGUFError(ValueError):
+class GGUFError(ToolError):
     """Not a readable GGUF header."""
 
 

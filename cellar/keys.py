@@ -20,6 +20,8 @@ from typing import Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cellar.errors import ToolError
+
 ENV_KEYS = "CELLAR_KEYS"
 PREFIX = "sk-cellar-"
 ID_HEX = 8
@@ -30,7 +32,7 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _SCRYPT_MAXMEM = 64 * 2**20
 
 
-class KeysError(ValueError):
+class KeysError(ToolError):
     """A key file or key operation that cannot proceed; the message says which and why."""
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cellar.config import format_loc
-from cellar.errors import CellarError, EngineFailed, InvalidRequest, NotFound
+from cellar.errors import ApiError, EngineFailed, InvalidRequest, NotFound
 
 log = logging.getLogger("cellar.web")
 
@@ -39,7 +39,7 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     )
 
 
-def error_response(error: CellarError) -> JSONResponse:
+def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
@@ -52,7 +52,7 @@ def sse_response(
         try:
             async for event in events:
                 yield event
-        except CellarError as exc:
+        except ApiError as exc:
             yield sse_event(exc.body())
         except Exception:
             log.exception("stream failed")
@@ -102,8 +102,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     """Render every failure in OpenAI's error shape with a string `code`."""
 
-    @app.exception_handler(CellarError)
-    async def _cellar(_: Request, exc: CellarError) -> JSONResponse:
+    @app.exception_handler(ApiError)
+    async def _cellar(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -125,4 +125,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return error_response(CellarError("internal server error; see the server log"))
+        return error_response(ApiError("internal server error; see the server log"))

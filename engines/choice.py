@@ -18,10 +18,11 @@ from cellar.deployments import (
     Resolver,
     resolver_for,
 )
+from cellar.engines.vllm.runtime import VllmRuntime, find_runtime
+from cellar.errors import EngineChoiceError
 from cellar.fingerprint import artifact_quantization
 from cellar.hardware import Hardware, detect
 from cellar.store import STORE_PREFIX, ModelStore
-from engines.vllm.runtime import VllmRuntime, find_runtime
 
 RuntimeFinder = Callable[[VllmSettings], VllmRuntime | str]
 
@@ -50,7 +51,7 @@ class EngineChooser:
 
     def _llamacpp(self, spec: ModelDeployment, artifacts: Artifacts, why: str) -> EngineChoice:
         if artifacts.gguf is None:
-            raise ValueError(
+            raise EngineChoiceError(
                 f"llama.cpp needs a GGUF file, and {artifacts.source.label} is a Hugging Face "
                 "checkpoint with no GGUF made from it; serve it with `engine: vllm`, or make a "
                 "GGUF with `cellar quantize`"
@@ -62,21 +63,23 @@ class EngineChooser:
 
     def _vllm(self, spec: ModelDeployment, artifacts: Artifacts, why: str) -> EngineChoice:
         if artifacts.hf is None:
-            raise ValueError(
+            raise EngineChoiceError(
                 f"vLLM needs a Hugging Face checkpoint, and {artifacts.source.label} is a GGUF "
                 f"with none made from it; {CONVERT_HINT.format(name=_source_name(spec))}"
             )
         runtime = self._runtimes(spec.vllm)
         if isinstance(runtime, str):
-            raise ValueError(f"vLLM cannot run: {runtime} (set vllm.python to its interpreter)")
+            raise EngineChoiceError(
+                f"vLLM cannot run: {runtime} (set vllm.python to its interpreter)"
+            )
         if not runtime.cpu_build and not self.hardware.gpus:
-            raise ValueError(
+            raise EngineChoiceError(
                 f"{runtime.describe()} is the CUDA build and needs an NVIDIA GPU, but "
                 f"{self.hardware.describe_gpus()}; serve a GGUF with `engine: llamacpp`"
             )
         method = artifact_quantization(artifacts.hf.path, "hf")
         if runtime.cpu_build and method in CUDA_ONLY_QUANTIZATION:
-            raise ValueError(
+            raise EngineChoiceError(
                 f"{artifacts.hf.label} is a {method} checkpoint, and {runtime.describe()} (the "
                 f"CPU build) cannot run {method} kernels; serve it on an NVIDIA GPU, or serve a "
                 "GGUF here (`cellar quantize` makes one from its full-precision parent)"
@@ -109,7 +112,7 @@ class EngineChooser:
         runtime = self._runtimes(spec.vllm)
         if not isinstance(runtime, str) and runtime.cpu_build:
             return self._vllm(spec, artifacts, "auto: only a Hugging Face checkpoint exists")
-        raise ValueError(
+        raise EngineChoiceError(
             f"no engine can serve {artifacts.source.label} here: {blocker}, and llama.cpp needs "
             "a GGUF"
         )

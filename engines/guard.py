@@ -1,6 +1,6 @@
 """Runs a command that must not outlive the gateway, with everything it spawns.
 
-    python -m engines.guard -- COMMAND...
+    python -m cellar.engines.guard -- COMMAND...
 
 A worker we do not write ourselves (vLLM's server) cannot ask the kernel to end it when the
 gateway dies, and it spawns processes of its own (the engine core, tensor-parallel workers).
@@ -59,7 +59,7 @@ def _kill_group() -> None:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv or argv.index("--") == len(argv) - 1:
-        print("usage: python -m engines.guard -- COMMAND...", file=sys.stderr)
+        print("usage: python -m cellar.engines.guard -- COMMAND...", file=sys.stderr)
         return 2
     command = argv[argv.index("--") + 1 :]
     parent = os.getppid()

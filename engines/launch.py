@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from cellar.deployments import ResolvedDeployment
-from engines.base import Engine
-from engines.llamacpp.launcher import launch_llamacpp, worker_spec
-from engines.llamacpp.memory import estimate_bytes as llamacpp_bytes
-from engines.vllm.launcher import launch_vllm
-from engines.vllm.memory import checkpoint_context
-from engines.vllm.memory import estimate_bytes as vllm_bytes
-from engines.vllm.runtime import find_runtime
+from cellar.engines.base import Engine
+from cellar.engines.llamacpp.launcher import launch_llamacpp, worker_spec
+from cellar.engines.llamacpp.memory import estimate_bytes as llamacpp_bytes
+from cellar.engines.vllm.launcher import launch_vllm
+from cellar.engines.vllm.memory import checkpoint_context
+from cellar.engines.vllm.memory import estimate_bytes as vllm_bytes
+from cellar.engines.vllm.runtime import find_runtime
 
 VLLM_DEFAULT_CONCURRENCY = 256
 """vLLM's own default for max_num_seqs."""

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from cellar.engines.base import Dialect, EngineState
 from cellar.errors import EngineUnavailable
-from engines.base import Dialect, EngineState
 
 FATAL_PREFIX = "cellar-worker: fatal: "
 """A worker's last words: the line after this prefix is shown to operators and clients."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cellar.chat import ChatTemplate
+from cellar.errors import ToolError
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
@@ -26,7 +27,7 @@ IGNORE = -100
 MAX_ERRORS = 20
 
 
-class DataError(Exception):
+class DataError(ToolError):
     """The data cannot be used; the message lists every problem found (file:line: what)."""
 
 

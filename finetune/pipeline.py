@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cellar import llamacpp_tools
 from cellar.chat import ChatTemplate
-from cellar.convert import convert_to_hf
-from cellar.errors import IntegrityError
+from cellar.convert import llamacpp_tools
+from cellar.convert.gguf_to_hf import convert_to_hf
+from cellar.errors import IntegrityError, ToolError
+from cellar.finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
+from cellar.finetune.train import Hyper, Outcome, Progress, train
 from cellar.fingerprint import versions
 from cellar.hashing import sha256_file
 from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore
-from finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
-from finetune.train import Hyper, Outcome, Progress, train
 
 RUNS = ".finetune"
 RUN_FILE = "run.json"
@@ -42,7 +42,7 @@ TOOLS = ("cellarlm", "torch", "transformers", "peft", "bitsandbytes", "llama-cpp
 _NOT_WEIGHTS = {"config.json", "model.safetensors.index.json"}
 
 
-class FinetuneError(Exception):
+class FinetuneError(ToolError):
     """A fine-tune that cannot start or did not finish; the message says why."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from finetune.data import IGNORE, Encoded
+from cellar.finetune.data import IGNORE, Encoded
 
 DEFAULT_TARGETS = "all-linear"
 

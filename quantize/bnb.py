@@ -3,8 +3,8 @@
 
 Both steps run in child processes (torch and the model stay out of the CLI):
 
-    python -m quantize.bnb make SRC_DIR DST_DIR TARGET
-    python -m quantize.bnb evaluate REQUEST.json OUT.json
+    python -m cellar.quantize.bnb make SRC_DIR DST_DIR TARGET
+    python -m cellar.quantize.bnb evaluate REQUEST.json OUT.json
 
 The report has the same fields as the GGUF one (quantize/evaluate.py) and the same method:
 windows of 512 tokens starting with BOS, second halves scored, KL(source || result) per scored

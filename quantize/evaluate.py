@@ -10,7 +10,7 @@
   (medians of 3). RAM at load: how much a fresh process's resident memory grows when it loads
   the model into memory (no mmap), so that every weight counts.
 
-Runs in a child process (`python -m quantize.evaluate REQUEST.json OUT.json`), which keeps
+Runs in a child process (`python -m cellar.quantize.evaluate REQUEST.json OUT.json`), which keeps
 llama.cpp's logs and memory out of the CLI.
 """
 

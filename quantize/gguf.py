@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from quantize.targets import QuantizeError, Target
+from cellar.child import python_module
+from cellar.quantize.targets import QuantizeError, Target
 
 Progress = Callable[[int, int], None]
 _TENSOR = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
@@ -39,16 +39,14 @@ def quantize_gguf(
     """Write `dst`; raises QuantizeError with the log's last lines when llama.cpp fails. On
     Ctrl-C (or any exception) the child is killed before the exception goes on."""
     assert target.ftype is not None
-    argv = [
-        sys.executable,
-        "-m",
-        "quantize.native",
+    argv = python_module(
+        "cellar.quantize.native",
         str(src),
         str(dst),
         str(target.ftype),
         str(threads),
         "1" if allow_requantize else "0",
-    ]
+    )
     with log.open("wb") as sink:
         child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
         try:

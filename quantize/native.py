@@ -1,6 +1,6 @@
 """One llama.cpp quantization in a process of its own:
 
-    python -m quantize.native SRC DST FTYPE THREADS ALLOW_REQUANTIZE
+    python -m cellar.quantize.native SRC DST FTYPE THREADS ALLOW_REQUANTIZE
 
 The C library writes a line per tensor on stdout/stderr; the parent sends both to a log file and
 reads the progress from it. A process of its own can also be stopped at once on Ctrl-C.

@@ -10,23 +10,23 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from cellar import llamacpp_tools
+from cellar.child import python_module
+from cellar.convert import llamacpp_tools
+from cellar.convert.hf_to_gguf import convert as convert_hf
 from cellar.errors import IntegrityError
 from cellar.fingerprint import artifact_quantization, versions
 from cellar.gguf import GGUFError, quantization
 from cellar.hashing import tree_size
+from cellar.quantize.gguf import quantize_gguf
+from cellar.quantize.report import markdown
+from cellar.quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 from cellar.store import Lineage, Manifest, ModelStore
-from quantize.gguf import quantize_gguf
-from quantize.hf_to_gguf import convert as convert_hf
-from quantize.report import markdown
-from quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 
 DISK_MARGIN = 1.2
 TOOLS = ("cellarlm", "llama-cpp-python")
@@ -42,7 +42,7 @@ def make_bnb(source: Path, dst: Path, target: Target, log: Path) -> None:
     """A bitsandbytes checkpoint written by transformers in a child process."""
     with log.open("wb") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "quantize.bnb", "make", str(source), str(dst), target.name],
+            python_module("cellar.quantize.bnb", "make", str(source), str(dst), target.name),
             stdout=sink,
             stderr=subprocess.STDOUT,
             check=False,
@@ -55,6 +55,8 @@ def make_bnb(source: Path, dst: Path, target: Target, log: Path) -> None:
 
 
 class GateFailed(QuantizeError):
+    exit_code = 1  # it ran and the result failed the gate
+
     """The result lost more quality than allowed; nothing was registered."""
 
 
@@ -186,7 +188,9 @@ def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
     """Quality and speed of both, measured in a child process: llama.cpp for GGUF
     (quantize/evaluate.py), transformers for checkpoints (quantize/bnb.py)."""
     command = (
-        ["quantize.evaluate"] if request.target.kind == "gguf" else ["quantize.bnb", "evaluate"]
+        ["cellar.quantize.evaluate"]
+        if request.target.kind == "gguf"
+        else ["cellar.quantize.bnb", "evaluate"]
     )
     with tempfile.TemporaryDirectory(prefix="cellar-eval-") as work:
         ask, out = Path(work) / "request.json", Path(work) / "report.json"
@@ -202,7 +206,7 @@ def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
             )
         )
         done = subprocess.run(
-            [sys.executable, "-m", *command, str(ask), str(out)],
+            python_module(*command, str(ask), str(out)),
             capture_output=True,
             text=True,
             check=False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cellar.errors import ToolError
+
 Kind = Literal["gguf", "bnb"]
 
 
@@ -54,7 +56,7 @@ BITS_PER_WEIGHT = {
 """Average bits per weight of llama.cpp's types (for the disk-space check before starting)."""
 
 
-class QuantizeError(Exception):
+class QuantizeError(ToolError):
     """A quantization that cannot start or did not finish; the message says why."""
 
 

@@ -16,18 +16,18 @@ from cellar import __version__
 from cellar.auditlog import default_canary_history
 from cellar.config_access import CanarySettings, LimitSettings
 from cellar.deployments import ResolvedDeployment, Resolver
+from cellar.server.audit import AuditLog, AuditMiddleware
+from cellar.server.auth import Authenticator
+from cellar.server.bodylimit import BodyLimit
+from cellar.server.canary import Canary
+from cellar.server.deployment import Limits
+from cellar.server.metrics import Metrics
+from cellar.server.proxy import Proxy, new_session
+from cellar.server.routes import openai, ops
+from cellar.server.service import CompletionService
+from cellar.server.supervisor import Estimator, Launcher, Supervisor
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
-from server.audit import AuditLog, AuditMiddleware
-from server.auth import Authenticator
-from server.bodylimit import BodyLimit
-from server.canary import Canary
-from server.deployment import Limits
-from server.metrics import Metrics
-from server.proxy import Proxy, new_session
-from server.routes import openai, ops
-from server.service import CompletionService
-from server.supervisor import Estimator, Launcher, Supervisor
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ import httpx
 import jsonschema
 
 from cellar.config_access import CanarySettings, GoldenPrompt
-from cellar.errors import CellarError
-from server.metrics import Metrics
-from server.supervisor import Supervisor
+from cellar.errors import ApiError
+from cellar.server.metrics import Metrics
+from cellar.server.supervisor import Supervisor
 
 log = logging.getLogger("cellar.canary")
 
@@ -136,7 +136,7 @@ class Canary:
             async with asyncio.timeout(self.settings.timeout):
                 answer = await self._ask(model, path, payload)
             detail = check_answer(golden, _text(answer))
-        except (CellarError, httpx.HTTPError, TimeoutError, ValueError) as exc:
+        except (ApiError, httpx.HTTPError, TimeoutError, ValueError) as exc:
             detail = f"request failed: {type(exc).__name__}: {exc}"
         latency = time.monotonic() - started
         self._metrics.canary_passed.labels(model, label).set(1 if detail is None else 0)

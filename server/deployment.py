@@ -10,8 +10,8 @@ from typing import Any
 
 from cellar.config_types import parse_duration
 from cellar.deployments import ResolvedDeployment
-from engines.base import Engine
-from server.admission import Admission
+from cellar.engines.base import Engine
+from cellar.server.admission import Admission
 
 MAX_CONSECUTIVE_FAILURES = 5
 """After this many failed loads in a row, only an explicit load (admin API) retries."""

@@ -10,16 +10,16 @@ import uvicorn
 
 from cellar.auditlog import default_audit_path, default_canary_history
 from cellar.config import CellarConfig, beside, load_config
+from cellar.engines.choice import resolver_here
+from cellar.engines.launch import ProcessLauncher, memory_estimate
 from cellar.errors import ConfigError
 from cellar.keys import default_keys_path
 from cellar.net import is_loopback
+from cellar.server.app import Access, create_app
+from cellar.server.audit import AuditLog
+from cellar.server.auth import Authenticator
+from cellar.server.deployment import Limits
 from cellar.store import store_for
-from engines.choice import resolver_here
-from engines.launch import ProcessLauncher, memory_estimate
-from server.app import Access, create_app
-from server.audit import AuditLog
-from server.auth import Authenticator
-from server.deployment import Limits
 
 log = logging.getLogger("cellar.server")
 

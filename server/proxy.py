@@ -20,12 +20,12 @@ import aiohttp
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import CellarError, EngineFailed, EngineUnavailable, RequestTimeout
+from cellar.engines.base import Engine
+from cellar.errors import ApiError, EngineFailed, EngineUnavailable, RequestTimeout
+from cellar.server.audit import AuditEntry
+from cellar.server.metrics import Metrics
+from cellar.server.upstream import normalize_error
 from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
-from engines.base import Engine
-from server.audit import AuditEntry
-from server.metrics import Metrics
-from server.upstream import normalize_error
 
 _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()
@@ -80,7 +80,7 @@ class Tap:
         if self.on_usage is not None:
             self.on_usage(usage)
 
-    def failed(self, error: CellarError) -> None:
+    def failed(self, error: ApiError) -> None:
         if self.entry is not None:
             self.entry.outcome, self.entry.error = error.status, error.code
 
@@ -142,7 +142,7 @@ def _timeout(call: Call) -> RequestTimeout:
     return RequestTimeout(f"The request to model {call.model!r} took longer than allowed.")
 
 
-def _failure(call: Call, exc: BaseException) -> CellarError:
+def _failure(call: Call, exc: BaseException) -> ApiError:
     """A refused connection never reached a worker (503, safe to retry); anything else broke
     off a request the worker had (502)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -271,7 +271,7 @@ class Proxy:
         call.tap.finish()
 
     @staticmethod
-    def _broke(call: Call, outcome: dict[str, int], error: CellarError) -> CellarError:
+    def _broke(call: Call, outcome: dict[str, int], error: ApiError) -> ApiError:
         outcome["status"] = error.status
         call.tap.failed(error)
         return error

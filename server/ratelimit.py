@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from cellar.errors import RateLimited
-from server.auth import Principal
+from cellar.server.auth import Principal
 
 
 @dataclass

@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from cellar.deployments import ResolvedDeployment
-from cellar.errors import CellarError, EngineUnavailable
-from engines.base import Engine
-from engines.launch import gpu_claims
-from server.deployment import Deployment, State
+from cellar.engines.base import Engine
+from cellar.engines.launch import gpu_claims
+from cellar.errors import ApiError, EngineUnavailable
+from cellar.server.deployment import Deployment, State
 
 if TYPE_CHECKING:
-    from server.supervisor import Supervisor
+    from cellar.server.supervisor import Supervisor
 
 log = logging.getLogger("cellar.rollout")
 
@@ -60,7 +60,7 @@ async def switch_version(
         try:
             record["mode"] = await _switch(supervisor, deployment, new)
         except Exception as exc:
-            reason = exc.message if isinstance(exc, CellarError) else str(exc)
+            reason = exc.message if isinstance(exc, ApiError) else str(exc)
             record.update(outcome="failed", error=reason)
             deployment.skip_sha256 = _sha(new)
             log.error(

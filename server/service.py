@@ -8,16 +8,16 @@ import time
 from fastapi import Request
 from fastapi.responses import Response
 
-from cellar.errors import CellarError, ContextLengthExceeded, RequestTimeout
+from cellar.errors import ApiError, ContextLengthExceeded, RequestTimeout
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from cellar.server.audit import AuditEntry
+from cellar.server.auth import OPEN, Principal
+from cellar.server.metrics import Metrics
+from cellar.server.policy import Body, apply_token_cap, estimate_tokens, prompt_content
+from cellar.server.proxy import Call, Proxy, Tap, WorkerUnreachable
+from cellar.server.ratelimit import Grant, RateLimiter
+from cellar.server.supervisor import Supervisor
 from cellar.web import unless_disconnected
-from server.audit import AuditEntry
-from server.auth import OPEN, Principal
-from server.metrics import Metrics
-from server.policy import Body, apply_token_cap, estimate_tokens, prompt_content
-from server.proxy import Call, Proxy, Tap, WorkerUnreachable
-from server.ratelimit import Grant, RateLimiter
-from server.supervisor import Supervisor
 
 VERSION_HEADER = "x-cellar-model-version"
 SHA256_HEADER = "x-cellar-model-sha256"
@@ -87,7 +87,7 @@ class CompletionService:
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
                 response = await self._attempt(request, path, body, started, tap)
-        except CellarError as exc:
+        except ApiError as exc:
             self.metrics.record(body.model, exc.status, time.monotonic() - started)
             raise
         response.headers.update(grant.headers)

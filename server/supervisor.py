@@ -21,14 +21,12 @@ from collections.abc import Callable
 import httpx
 
 from cellar.deployments import ResolvedDeployment, Resolver
+from cellar.engines.base import Engine, EngineState
+from cellar.engines.launch import context_window, default_concurrency, engine_name, gpu_claims
+from cellar.engines.warmup import warm_up
 from cellar.errors import CellarError, EngineUnavailable, IntegrityError, ModelNotFound, StoreError
-from cellar.store import STORE_PREFIX, ModelStore
-from cellar.versions import parse_ref
-from engines.base import Engine, EngineState
-from engines.launch import context_window, default_concurrency, engine_name, gpu_claims
-from engines.warmup import warm_up
-from server.admission import Admission
-from server.deployment import (
+from cellar.server.admission import Admission
+from cellar.server.deployment import (
     MAX_CONSECUTIVE_FAILURES,
     Deployment,
     Lease,
@@ -36,8 +34,10 @@ from server.deployment import (
     State,
     keep_alive_of,
 )
-from server.metrics import Metrics
-from server.rollout import switch_version
+from cellar.server.metrics import Metrics
+from cellar.server.rollout import switch_version
+from cellar.store import STORE_PREFIX, ModelStore
+from cellar.versions import parse_ref
 
 log = logging.getLogger("cellar.supervisor")
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from cellar.deployments import ResolvedDeployment
+from cellar.engines.launch import engine_name
 from cellar.fingerprint import artifact_quantization, machine, versions
-from engines.launch import engine_name
 
 
 def _engine_version(resolved: ResolvedDeployment) -> str | None:
     if engine_name(resolved) != "vllm":
         return versions().get("llama-cpp-python")
-    from engines.vllm.runtime import find_runtime
+    from cellar.engines.vllm.runtime import find_runtime
 
     runtime = find_runtime(resolved.spec.vllm)
     return runtime if isinstance(runtime, str) else runtime.describe()

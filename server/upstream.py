@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from cellar.errors import (
-    CellarError,
+    ApiError,
     ContextLengthExceeded,
     EngineFailed,
     InvalidRequest,
@@ -33,7 +33,7 @@ def _shaped(error: Any) -> bool:
     )
 
 
-def error_class(status: int, param: str | None) -> type[CellarError]:
+def error_class(status: int, param: str | None) -> type[ApiError]:
     if status == 400 and param in _PROMPT_TOO_LONG_PARAMS:
         return ContextLengthExceeded
     if status == 404:

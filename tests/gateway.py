@@ -6,7 +6,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ import httpx
 import openai
 import yaml
 
-from engines.process import free_port
+from cellar.benchmarks.gateway import BUNDLED_NAME, spawn_gateway
+from cellar.engines.process import free_port
 
-BUNDLED_NAME = "gemma-3-270m-q4_k_m"
 HF_NAME = f"{BUNDLED_NAME}-hf"
 """The checkpoint `cellar models convert` makes from the bundled GGUF (vLLM serves it)."""
 MODEL = "gemma-3-270m"
@@ -136,22 +135,6 @@ def write_config(
     return path
 
 
-def wait_settled(gw: Gateway, timeout_s: float = 600) -> None:
-    """Until every model is ready or failed."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if gw.process.poll() is not None:
-            raise RuntimeError(f"gateway exited:\n{gw.log_text()}")
-        try:
-            states = {m["state"] for m in gw.admin_models().values()}
-        except httpx.HTTPError:
-            states = {"unreachable"}
-        if not states & {"loading", "warming", "unreachable"}:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"gateway did not settle:\n{gw.log_text()}")
-
-
 @contextmanager
 def start_gateway(
     work: Path,
@@ -169,28 +152,15 @@ def start_gateway(
         work / "cellar.yaml", store, port, models or default_models(), server, sections
     )
     log = work / "gateway.log"
-    env = {**os.environ, "CELLAR_STORE": str(store)}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    scheme = "https" if ca else "http"
-    gw = Gateway(f"{scheme}://127.0.0.1:{port}", process, log, admin_key, ca)
-    try:
-        wait_settled(gw)
-        yield gw
-    finally:
-        if "_client" in gw.__dict__:
-            gw.client().close()
-        process.terminate()
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}"
+    env = {"CELLAR_STORE": str(store)}
+    with spawn_gateway(config, log, url, env=env, api_key=admin_key, ca=ca) as process:
+        gw = Gateway(url, process, log, admin_key, ca)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield gw
+        finally:
+            if "_client" in gw.__dict__:
+                gw.client().close()
 
 
 def process_alive(pid: int) -> bool:

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from benchmarks.suite import selfcheck
-from benchmarks.suite.client import Client, ClientError
-from benchmarks.suite.record import Api, Level, RequestResult, Run, WorkloadSpec
-from benchmarks.suite.runner import LevelPlan, default_requests, run_level
-from benchmarks.suite.target import describe, describe_model_file, first_model, measure_cold
-from benchmarks.suite.workload import (
+from cellar.benchmarks.suite import selfcheck
+from cellar.benchmarks.suite.client import Client, ClientError
+from cellar.benchmarks.suite.record import Api, Level, RequestResult, Run, WorkloadSpec
+from cellar.benchmarks.suite.runner import LevelPlan, default_requests, run_level
+from cellar.benchmarks.suite.target import describe, describe_model_file, first_model, measure_cold
+from cellar.benchmarks.suite.workload import (
     RANDOM,
     SHIPPED,
     Calibration,
@@ -28,7 +28,7 @@ from benchmarks.suite.workload import (
     read_prompts,
     shipped_prompts_path,
 )
-from benchmarks.suite.workload import Workload as Prompts
+from cellar.benchmarks.suite.workload import Workload as Prompts
 
 AUTO_RATE_FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.25)
 """`--rate auto`: these fractions of the saturation request rate (the best closed-loop one)."""
@@ -78,7 +78,7 @@ class Reporter(Protocol):
 
 def new_run(options: Options) -> Run:
     """An empty record; `run_bench` fills it in."""
-    from benchmarks.suite.record import Endpoint, Hardware
+    from cellar.benchmarks.suite.record import Endpoint, Hardware
 
     return Run(
         label=options.label or "",

@@ -13,8 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.suite.record import Api, RequestResult
-from benchmarks.suite.workload import Prompt
+from cellar.benchmarks.suite.record import Api, RequestResult
+from cellar.benchmarks.suite.workload import Prompt
+from cellar.errors import ToolError
 
 
 def api_root(base_url: str) -> str:
@@ -41,7 +42,7 @@ def _error_code(payload: bytes) -> str | None:
     return str(error) if error else None
 
 
-class ClientError(RuntimeError):
+class ClientError(ToolError):
     """A probe request that did not succeed."""
 
 

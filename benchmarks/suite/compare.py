@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.suite.record import LevelMetrics, Mode, Run
-from benchmarks.suite.report import describe_machine
+from cellar.benchmarks.suite.record import LevelMetrics, Mode, Run
+from cellar.benchmarks.suite.report import describe_machine
 
 Getter = Callable[[LevelMetrics], float | None]
 
@@ -182,7 +182,7 @@ def markdown(tables: list[Table], runs: list[Path]) -> str:
 
 def write_plot(runs: list[Run], path: Path) -> Path | None:
     """Output throughput and TTFT p50 against load for every run, one column per load mode."""
-    from benchmarks.suite.plots import DPI, X_LABELS, plt
+    from cellar.benchmarks.suite.plots import DPI, X_LABELS, plt
 
     modes = [m for m in ("concurrency", "rate") if any(k[0] == m for k in _level_keys(runs))]
     if not modes:

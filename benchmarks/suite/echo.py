@@ -5,7 +5,7 @@ time a client measures against it is the client's own (plus loopback). With `--f
 every request after the first N fails, in turn: HTTP 503, an error event after two chunks, and
 a connection dropped mid-stream; tests use it to check how errors are counted.
 
-    python -m benchmarks.suite.echo --port 8099 [--fail-after N]
+    python -m cellar.benchmarks.suite.echo --port 8099 [--fail-after N]
 """
 
 from __future__ import annotations

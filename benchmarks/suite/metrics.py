@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from benchmarks.suite.record import LevelMetrics, RequestResult, Stat, TokenSource
+from cellar.benchmarks.suite.record import LevelMetrics, RequestResult, Stat, TokenSource
 
 SLO_KEYS = ("ttft", "tpot", "e2el")
 

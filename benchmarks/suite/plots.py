@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from benchmarks.suite.record import Level, Mode, Run
+from cellar.benchmarks.suite.record import Level, Mode, Run
 
 X_LABELS: dict[Mode, str] = {
     "concurrency": "concurrency (requests in flight)",

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cellar.errors import ToolError
+
 FORMAT_VERSION = 1
 
 Mode = Literal["concurrency", "rate"]
@@ -167,7 +169,7 @@ class Run(_Model):
     levels: list[Level] = Field(default_factory=list)
 
 
-class RecordError(ValueError):
+class RecordError(ToolError):
     """A file that is not a readable bench record."""
 
 

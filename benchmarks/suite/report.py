@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite.record import Level, Run, Stat
+from cellar.benchmarks.suite.record import Level, Run, Stat
 
 STATS = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 PERCENTILES = ("mean", "median", "p90", "p99")

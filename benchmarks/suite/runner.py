@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.suite.client import Client
-from benchmarks.suite.metrics import summarize
-from benchmarks.suite.record import Level, Mode, RequestResult
-from benchmarks.suite.workload import Workload
+from cellar.benchmarks.suite.client import Client
+from cellar.benchmarks.suite.metrics import summarize
+from cellar.benchmarks.suite.record import Level, Mode, RequestResult
+from cellar.benchmarks.suite.workload import Workload
 
 OnResult = Callable[[Level, RequestResult], None]
 Send = Callable[[], Awaitable[None]]

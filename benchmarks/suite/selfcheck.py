@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from benchmarks.suite.client import Client
-from benchmarks.suite.record import Level, SelfCheck
-from benchmarks.suite.runner import LevelPlan, run_level
-from benchmarks.suite.workload import Prompt, Workload
+from cellar.benchmarks.suite.client import Client
+from cellar.benchmarks.suite.record import Level, SelfCheck
+from cellar.benchmarks.suite.runner import LevelPlan, run_level
+from cellar.benchmarks.suite.workload import Prompt, Workload
+from cellar.child import python_module
 
 ECHO_TOKENS = 16
 _START_TIMEOUT_S = 30
@@ -36,7 +36,7 @@ def echo_endpoint(fail_after: int | None = None) -> Iterator[str]:
     """The echo endpoint in its own process (so it does not share the generator's CPU time);
     yields its base URL."""
     port = _free_port()
-    argv = [sys.executable, "-m", "benchmarks.suite.echo", "--port", str(port)]
+    argv = python_module("cellar.benchmarks.suite.echo", "--port", str(port))
     if fail_after is not None:
         argv += ["--fail-after", str(fail_after)]
     process = subprocess.Popen(argv)

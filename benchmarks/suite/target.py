@@ -8,9 +8,6 @@ listens on loopback, and left unknown otherwise.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 
-from benchmarks.suite.client import Client, ClientError, server_root
-from benchmarks.suite.record import ColdStart, Endpoint, Hardware
-from benchmarks.suite.workload import Prompt
+from cellar.benchmarks.gateway import spawn_gateway
+from cellar.benchmarks.suite.client import Client, ClientError, server_root
+from cellar.benchmarks.suite.record import ColdStart, Endpoint, Hardware
+from cellar.benchmarks.suite.workload import Prompt
 from cellar.fingerprint import machine
 from cellar.net import is_loopback
 
-_GATEWAY_START_S = 120
 _SETTLE_S = 1800
 
 
@@ -126,52 +122,15 @@ async def _ttft_ms(client: Client, prompt: Prompt) -> float:
     return result.ttft_s * 1000.0
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, api_key: str | None) -> None:
-    """Until the gateway answers (2 minutes at most), then until no model is still loading."""
-    answer_by = time.monotonic() + _GATEWAY_START_S
-    settle_by = time.monotonic() + _SETTLE_S
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=url, timeout=5, headers=headers) as http:
-        while True:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the gateway exited (code {process.returncode}):\n{tail}")
-            try:
-                models = http.get("/admin/models").json()["models"]
-            except (httpx.HTTPError, ValueError, KeyError):
-                models = None
-            if models is not None and all(m["state"] not in ("loading", "warming") for m in models):
-                return
-            if time.monotonic() > (answer_by if models is None else settle_by):
-                raise RuntimeError(f"the gateway at {url} did not become ready; see {log}")
-            time.sleep(0.25)
-
-
 @contextmanager
 def started_gateway(config: Path, log: Path, api_key: str | None = None) -> Iterator[str]:
     """`cellar serve --config CONFIG` on a free loopback port for the run; yields its URL.
     When the config requires keys, `api_key` must be an admin key (readiness is read from
     /admin/models)."""
-    from engines.process import free_port
+    from cellar.engines.process import free_port
 
     port = free_port()
-    env = {**os.environ, "CELLAR_HOST": "127.0.0.1", "CELLAR_PORT": str(port)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cellar", "serve", "--config", str(config)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    env = {"CELLAR_HOST": "127.0.0.1", "CELLAR_PORT": str(port)}
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log, api_key)
+    with spawn_gateway(config, log, url, env=env, api_key=api_key, settle_timeout_s=_SETTLE_S):
         yield f"{url}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cellar.errors import ToolError
+
 SHIPPED = "prompts"
 RANDOM = "random"
 DEFAULT_OUTPUT_LEN = 128
@@ -36,7 +38,7 @@ _VOCABULARY = (
 _WORDS = tuple(_VOCABULARY.split())
 
 
-class WorkloadError(ValueError):
+class WorkloadError(ToolError):
     """A prompt file or option that cannot make requests; names the file and line."""
 
 
@@ -98,7 +100,7 @@ def read_prompts(path: Path, api: str, output_len: int | None) -> list[Prompt]:
 
 
 def shipped_prompts_path() -> Path:
-    return Path(str(resources.files("benchmarks.suite") / "prompts.jsonl"))
+    return Path(str(resources.files("cellar.benchmarks.suite") / "prompts.jsonl"))
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from cellar.engines.grammar import grammar_for
+from cellar.engines.llamacpp.grammar import check_grammar
+from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
+from cellar.engines.llamacpp.model import Loaded
+from cellar.engines.llamacpp.responses import Kind, Shaper, Usage
+from cellar.engines.llamacpp.scheduler import BatchScheduler
 from cellar.errors import ModelNotFound
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import install_error_handlers, sse_event, sse_response, unless_disconnected
-from engines.grammar import grammar_for
-from engines.llamacpp.grammar import check_grammar
-from engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
-from engines.llamacpp.model import Loaded
-from engines.llamacpp.responses import Kind, Shaper, Usage
-from engines.llamacpp.scheduler import BatchScheduler
 
 Body = ChatCompletionRequest | CompletionRequest
 

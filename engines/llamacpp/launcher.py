@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from cellar.adapters import ResolvedAdapter
+from cellar.child import python_module
 from cellar.config import ModelDeployment
+from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
+from cellar.engines.process import WorkerProcess, free_port
 from cellar.hardware import is_apple_silicon
-from engines.llamacpp.spec import WorkerAdapter, WorkerSpec
-from engines.process import WorkerProcess, free_port
 
 
 def worker_spec(
@@ -54,17 +54,15 @@ def worker_env() -> dict[str, str]:
 def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
     """A not-yet-started worker process for `spec` on a free loopback port."""
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "engines.llamacpp.worker",
+    argv = python_module(
+        "cellar.engines.llamacpp.worker",
         "--port",
         str(port),
         "--spec",
         spec.model_dump_json(),
         "--parent-pid",
         str(os.getpid()),
-    ]
+    )
     return WorkerProcess(spec.name, argv, port=port, dialect=LlamaCppDialect(), env=worker_env())
 
 

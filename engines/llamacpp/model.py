@@ -10,21 +10,21 @@ from typing import Any
 import llama_cpp
 
 from cellar.chat import ChatTemplate
-from cellar.errors import ContextLengthExceeded, InvalidRequest
-from cellar.protocol import ChatMessage
-from engines.llamacpp.native import (
+from cellar.engines.llamacpp.native import (
     BatchedContext,
     ContextShape,
     NativeAdapter,
     NativeError,
     NativeModel,
 )
-from engines.llamacpp.spec import WorkerSpec
+from cellar.engines.llamacpp.spec import WorkerSpec
+from cellar.errors import ContextLengthExceeded, InvalidRequest, ToolError
+from cellar.protocol import ChatMessage
 
 GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(ToolError):
     """The GGUF could not be loaded; the message names the file."""
 
 

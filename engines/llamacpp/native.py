@@ -16,8 +16,10 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
+from cellar.errors import CellarError
 
-class NativeError(Exception):
+
+class NativeError(CellarError):
     """llama.cpp refused an operation; the message says which and why."""
 
 

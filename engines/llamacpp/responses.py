@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engines.llamacpp.jobs import TokenLogprob
+from cellar.engines.llamacpp.jobs import TokenLogprob
 
 Kind = Literal["chat", "completion"]
 

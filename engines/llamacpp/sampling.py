@@ -9,8 +9,8 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from engines.llamacpp.jobs import SamplingParams, TokenLogprob
-from engines.llamacpp.native import (
+from cellar.engines.llamacpp.jobs import SamplingParams, TokenLogprob
+from cellar.engines.llamacpp.native import (
     BatchedContext,
     Candidates,
     NativeModel,

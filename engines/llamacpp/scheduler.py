@@ -29,10 +29,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
-from engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
-from engines.llamacpp.sampling import SequenceSampler, token_logprob
-from engines.llamacpp.textstream import TextStream
+from cellar.engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
+from cellar.engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
+from cellar.engines.llamacpp.sampling import SequenceSampler, token_logprob
+from cellar.engines.llamacpp.textstream import TextStream
 
 log = logging.getLogger("cellar.worker.scheduler")
 

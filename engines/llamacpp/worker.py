@@ -1,6 +1,6 @@
 """Entry point of a llama.cpp worker process.
 
-    python -m engines.llamacpp.worker --port PORT --spec '<WorkerSpec JSON>'
+    python -m cellar.engines.llamacpp.worker --port PORT --spec '<WorkerSpec JSON>'
 
 Loads the model first and only then listens, so a healthy worker is a ready one. A failure to
 load is reported as one `cellar-worker: fatal: ...` line and exit code 3.
@@ -18,11 +18,11 @@ import sys
 
 import uvicorn
 
-from engines.llamacpp.app import WorkerService, create_worker_app
-from engines.llamacpp.model import ModelLoadError, load
-from engines.llamacpp.scheduler import BatchScheduler
-from engines.llamacpp.spec import WorkerSpec
-from engines.process import FATAL_PREFIX
+from cellar.engines.llamacpp.app import WorkerService, create_worker_app
+from cellar.engines.llamacpp.model import ModelLoadError, load
+from cellar.engines.llamacpp.scheduler import BatchScheduler
+from cellar.engines.llamacpp.spec import WorkerSpec
+from cellar.engines.process import FATAL_PREFIX
 
 EXIT_LOAD_FAILED = 3
 _PR_SET_PDEATHSIG = 1

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from cellar.engines.grammar import grammar_for
 from cellar.protocol import ResponseFormat
-from engines.grammar import grammar_for
 
 _EMPTY_FIRST_ALTERNATIVE = re.compile(r"::=(\s*)\|")
 """`ws ::= | " "`: GBNF allows an empty first alternative, vLLM's grammar engine (xgrammar)

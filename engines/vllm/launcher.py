@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
+from cellar.child import python_module
 from cellar.config import VllmSettings
 from cellar.deployments import ResolvedDeployment
-from engines.process import WorkerProcess, free_port
-from engines.vllm.dialect import VllmDialect
-from engines.vllm.runtime import interpreter
+from cellar.engines.process import WorkerProcess, free_port
+from cellar.engines.vllm.dialect import VllmDialect
+from cellar.engines.vllm.runtime import interpreter
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 HOST = "127.0.0.1"
@@ -119,7 +119,7 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     port = free_port()
     settings = deployment.spec.vllm
     command = [str(interpreter(settings)), "-m", SERVER_MODULE]
-    argv = [sys.executable, "-m", "engines.guard", "--", *command]
+    argv = python_module("cellar.engines.guard", "--", *command)
     argv += server_args(deployment, port, log_level)
     env = worker_env(settings, log_level)
     dialect = VllmDialect(end_of_generation(deployment.path))

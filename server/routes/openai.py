@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
-from server.auth import OPEN, Principal, require_key
-from server.service import CHAT_PATH, COMPLETIONS_PATH, CompletionService
+from cellar.server.auth import OPEN, Principal, require_key
+from cellar.server.service import CHAT_PATH, COMPLETIONS_PATH, CompletionService
 
 router = APIRouter(dependencies=[Depends(require_key)])
 

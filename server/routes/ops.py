@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engines.launch import engine_name
-from server.auth import health_access, metrics_access, require_admin
-from server.canary import Canary
-from server.service import CompletionService
-from server.system import system_report
+from cellar.engines.launch import engine_name
+from cellar.server.auth import health_access, metrics_access, require_admin
+from cellar.server.canary import Canary
+from cellar.server.service import CompletionService
+from cellar.server.system import system_report
 
 router = APIRouter()
 

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.suite.record import load_run
-from benchmarks.suite.selfcheck import echo_endpoint
+from cellar.benchmarks.suite.record import load_run
+from cellar.benchmarks.suite.selfcheck import echo_endpoint
 from tests.benchmarks.cli import cellar
 
 QUIET = ("--no-generator-check", "--warmup", "0", "--ignore-eos", "off", "--model", "echo")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.suite.record import Run, load_run
+from cellar.benchmarks.suite.record import Run, load_run
 from cellar.store import ModelStore
 from tests.benchmarks.cli import cellar
 from tests.gateway import BUNDLED_NAME, MODEL, Gateway, default_models, write_config

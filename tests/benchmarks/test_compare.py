@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.suite.compare import compare, cost_per_million, parse_costs
-from benchmarks.suite.record import (
+from cellar.benchmarks.suite.compare import compare, cost_per_million, parse_costs
+from cellar.benchmarks.suite.record import (
     Endpoint,
     Hardware,
     Level,
@@ -88,7 +88,7 @@ def test_cost_per_million_output_tokens() -> None:
 
 
 def test_ratios_to_the_first_run(recorded: tuple[Path, Path]) -> None:
-    from benchmarks.suite.record import load_run
+    from cellar.benchmarks.suite.record import load_run
 
     tables = compare([load_run(p) for p in recorded], prices=[1.0, 3.0])
     by_title = {t.title: t for t in tables}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.suite.metrics import parse_slo, summarize
-from benchmarks.suite.record import RequestResult
+from cellar.benchmarks.suite.metrics import parse_slo, summarize
+from cellar.benchmarks.suite.record import RequestResult
 
 
 def recorded() -> list[RequestResult]:

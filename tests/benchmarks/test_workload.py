@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.suite.client import api_root, server_root
-from benchmarks.suite.workload import (
+from cellar.benchmarks.suite.client import api_root, server_root
+from cellar.benchmarks.suite.workload import (
     Calibration,
     Workload,
     WorkloadError,

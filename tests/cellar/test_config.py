@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from cellar.config import CellarConfig, ModelDeployment, config_json_schema, load_config
+from cellar.engines.choice import resolve_here
 from cellar.errors import ConfigError
 from cellar.hardware import Hardware
 from cellar.store import ModelStore
-from engines.choice import resolve_here
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_ONLY = Hardware(gpus=(), apple_silicon=False, probe="none")

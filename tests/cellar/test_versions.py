@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cellar.cli import app
+from cellar.cli.main import app
 from cellar.errors import StoreError
 from cellar.gc import plan_gc
 from cellar.store import Lineage, ModelStore

@@ -12,10 +12,11 @@ import pytest
 
 from cellar.config import ModelDeployment, VllmSettings
 from cellar.deployments import find_artifacts
+from cellar.engines.choice import EngineChooser
+from cellar.engines.vllm.runtime import VllmRuntime
+from cellar.errors import EngineChoiceError
 from cellar.hardware import Gpu, Hardware
 from cellar.store import Lineage, ModelStore
-from engines.choice import EngineChooser
-from engines.vllm.runtime import VllmRuntime
 from tests.files import fake_checkpoint, fake_gguf
 
 CPU = Hardware(gpus=(), apple_silicon=False, probe="none")
@@ -98,37 +99,37 @@ def test_auto_on_apple_silicon_offloads_to_metal(store: ModelStore) -> None:
 
 def test_only_a_checkpoint_on_a_cpu_needs_a_cpu_build_of_vllm(store: ModelStore) -> None:
     assert _choose(store, "store:solo", CPU, CPU_VLLM).engine == "vllm"
-    with pytest.raises(ValueError, match=r"no engine can serve store:solo"):
+    with pytest.raises(EngineChoiceError, match=r"no engine can serve store:solo"):
         _choose(store, "store:solo", CPU, CUDA_VLLM)
 
 
 def test_explicit_vllm_without_a_checkpoint_names_the_convert_command(
     store: ModelStore, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match="cellar models convert"):
+    with pytest.raises(EngineChoiceError, match="cellar models convert"):
         _choose(store, str(tmp_path / "lone.gguf"), GPU, CUDA_VLLM, engine="vllm")
 
 
 def test_explicit_vllm_cuda_build_without_a_gpu_is_refused(store: ModelStore) -> None:
-    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+    with pytest.raises(EngineChoiceError, match="needs an NVIDIA GPU"):
         _choose(store, "store:g", CPU, CUDA_VLLM, engine="vllm")
     assert _choose(store, "store:g", CPU, CPU_VLLM, engine="vllm").engine == "vllm"
 
 
 def test_explicit_vllm_without_vllm_installed_is_refused(store: ModelStore) -> None:
-    with pytest.raises(ValueError, match=r"vLLM cannot run: .*not installed.*vllm.python"):
+    with pytest.raises(EngineChoiceError, match=r"vLLM cannot run: .*not installed.*vllm.python"):
         _choose(store, "store:g", GPU, "vLLM is not installed in /usr/bin/python3", engine="vllm")
 
 
 def test_explicit_llamacpp_needs_a_gguf(store: ModelStore) -> None:
-    with pytest.raises(ValueError, match=r"llama\.cpp needs a GGUF"):
+    with pytest.raises(EngineChoiceError, match=r"llama\.cpp needs a GGUF"):
         _choose(store, "store:solo", CPU, CPU_VLLM, engine="llamacpp")
     choice = _choose(store, "store:g-hf", GPU, CUDA_VLLM, engine="llamacpp")
     assert choice.engine == "llamacpp" and choice.artifact.manifest.name == "g"
 
 
 def test_vllm_settings_default_to_the_gateways_interpreter() -> None:
-    from engines.vllm.runtime import interpreter
+    from cellar.engines.vllm.runtime import interpreter
 
     assert interpreter(VllmSettings()).name.startswith("python")
 
@@ -141,6 +142,7 @@ def test_a_bitsandbytes_checkpoint_needs_the_cuda_build(store: ModelStore, tmp_p
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (ckpt / "config.json").write_text(json.dumps(config))
     store.import_file(ckpt, "nf4")
-    with pytest.raises(ValueError, match=r"store:nf4@1 is a bitsandbytes checkpoint.*NVIDIA GPU"):
+    bnb_on_cpu = r"store:nf4@1 is a bitsandbytes checkpoint.*NVIDIA GPU"
+    with pytest.raises(EngineChoiceError, match=bnb_on_cpu):
         _choose(store, "store:nf4", CPU, CPU_VLLM)
     assert _choose(store, "store:nf4", GPU, CUDA_VLLM).engine == "vllm"

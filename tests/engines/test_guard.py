@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from cellar.child import python_module
 from tests.gateway import process_alive
 
 # A "server" that spawns a grandchild in its own group and sleeps; both write their pids.
@@ -23,8 +24,9 @@ time.sleep(600)
 # The "gateway": starts the guard, reports its pid, then waits to be killed.
 PARENT = """
 import subprocess, sys, time
+from cellar.child import python_module
 guard = subprocess.Popen(
-    [sys.executable, "-m", "engines.guard", "--", sys.executable, "-c", sys.argv[1], sys.argv[2]],
+    [*python_module("cellar.engines.guard", "--"), sys.executable, "-c", sys.argv[1], sys.argv[2]],
     start_new_session=True,
 )
 print(guard.pid, flush=True)
@@ -66,14 +68,14 @@ def test_killing_the_parent_ends_the_guard_and_every_descendant(tmp_path: Path) 
 
 def test_sigterm_stops_the_command_and_exit_status_passes_through(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engines.guard", "--", sys.executable, "-c", "raise SystemExit(3)"],
+        [*python_module("cellar.engines.guard", "--"), sys.executable, "-c", "raise SystemExit(3)"],
         timeout=30,
         check=False,
     )
     assert done.returncode == 3
     marker = tmp_path / "grandchild.pid"
     guard = subprocess.Popen(
-        [sys.executable, "-m", "engines.guard", "--", sys.executable, "-c", SPAWNER, str(marker)],
+        [*python_module("cellar.engines.guard", "--"), sys.executable, "-c", SPAWNER, str(marker)],
         start_new_session=True,
     )
     grandchild = _wait_for(marker)

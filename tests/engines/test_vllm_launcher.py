@@ -9,10 +9,10 @@ import pytest
 
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
+from cellar.engines.launch import context_window, default_concurrency, memory_estimate
+from cellar.engines.vllm.dialect import VllmDialect
+from cellar.engines.vllm.launcher import server_args, worker_env
 from cellar.errors import InvalidRequest
-from engines.launch import context_window, default_concurrency, memory_estimate
-from engines.vllm.dialect import VllmDialect
-from engines.vllm.launcher import server_args, worker_env
 from tests.files import fake_checkpoint
 
 

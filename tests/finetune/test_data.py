@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cellar.chat import ChatTemplate, builtin_template
-from finetune.data import IGNORE, DataError, Encoder, encode_all, read_examples
+from cellar.finetune.data import IGNORE, DataError, Encoder, encode_all, read_examples
 
 BOS, EOS = 2, 1
 

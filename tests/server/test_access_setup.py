@@ -18,8 +18,8 @@ import trustme
 
 from cellar.auditlog import read_lines, summarize
 from cellar.config_access import AuditSettings
+from cellar.server.audit import AuditLog
 from cellar.store import ModelStore
-from server.audit import AuditLog
 from tests.gateway import MODEL, default_models, start_gateway, write_config
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from cellar.errors import Overloaded
-from server.admission import Admission
+from cellar.server.admission import Admission
 
 
 def test_turns_queue_and_overflow() -> None:

@@ -18,10 +18,10 @@ from typing import Any, cast
 import pytest
 
 from cellar.config_access import CanarySettings, GoldenPrompt
+from cellar.server.canary import Canary, Result, check_answer
+from cellar.server.metrics import Metrics
+from cellar.server.supervisor import Supervisor
 from cellar.store import ModelStore
-from server.canary import Canary, Result, check_answer
-from server.metrics import Metrics
-from server.supervisor import Supervisor
 from tests.gateway import MODEL, default_models, start_gateway
 
 

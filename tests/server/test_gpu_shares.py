@@ -13,12 +13,12 @@ import pytest
 
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
+from cellar.engines.base import EngineState
 from cellar.errors import EngineUnavailable
+from cellar.server.deployment import Limits, State
+from cellar.server.metrics import Metrics
+from cellar.server.supervisor import Supervisor
 from cellar.store import ModelStore
-from engines.base import EngineState
-from server.deployment import Limits, State
-from server.metrics import Metrics
-from server.supervisor import Supervisor
 
 
 class StandIn:

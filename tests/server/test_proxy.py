@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.proxy import usage_of
+from cellar.server.proxy import usage_of
 
 
 def test_usage_events_are_recognised_only_by_their_key() -> None:

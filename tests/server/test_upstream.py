@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.upstream import normalize_error
+from cellar.server.upstream import normalize_error
 
 VLLM_TOO_LONG = {
     "error": {

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from cellar.engines.guard import group_members
 from cellar.store import ModelStore
-from engines.guard import group_members
 from tests.gateway import MODEL, Gateway, process_alive, start_gateway, vllm_models
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

@@ -8,11 +8,11 @@ from typing import Any
 import llama_cpp
 import pytest
 
+from cellar.engines.grammar import grammar_for
+from cellar.engines.llamacpp.grammar import check_grammar
+from cellar.engines.llamacpp.native import grammar_allows
 from cellar.errors import InvalidRequest
 from cellar.protocol import ResponseFormat
-from engines.grammar import grammar_for
-from engines.llamacpp.grammar import check_grammar
-from engines.llamacpp.native import grammar_allows
 
 
 def _format(schema: dict[str, Any]) -> ResponseFormat:

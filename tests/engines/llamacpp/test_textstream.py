@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from engines.llamacpp.textstream import TextStream
+from cellar.engines.llamacpp.textstream import TextStream
 
 
 def _run(pieces: list[bytes], stops: tuple[str, ...] = ()) -> tuple[list[str], bool]:

@@ -11,14 +11,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cellar.chat import load_template_spec
-from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_store
+from cellar.cli.common import ConfigOpt, StoreOpt, console, err, fail, open_store
 from cellar.config import config_path, load_config
-from cellar.errors import ConfigError, StoreError
+from cellar.errors import StoreError
 from cellar.gguf import GGUFError, read_metadata
 from cellar.store import STORE_PREFIX, ModelStore
 
 if TYPE_CHECKING:
-    from finetune.train import Hyper
+    from cellar.finetune.train import Hyper
 
 QLORA_CPU_FACTOR = 10
 """QLoRA on a CPU against LoRA, per step (DESIGN.md: about 22 s against 2 s)."""
@@ -50,10 +50,7 @@ def chat_template(
             raise fail(f"--chat-template: {exc}") from None
     related = _related(store, base)
     if path.is_file():
-        try:
-            loaded = load_config(path)
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
+        loaded = load_config(path)
         for deployment in loaded.models:
             if deployment.source.removeprefix(STORE_PREFIX) in related and deployment.chat_template:
                 return load_template_spec(deployment.chat_template, path.parent)
@@ -122,9 +119,9 @@ def finetune(
     config: ConfigOpt = None,
 ) -> None:
     """Train a LoRA or QLoRA adapter on a stored model; register it for both engines."""
-    from finetune.data import DataError
-    from finetune.pipeline import FinetuneError, Request, run
-    from finetune.train import Hyper
+    from cellar.finetune.data import DataError
+    from cellar.finetune.pipeline import Request, run
+    from cellar.finetune.train import Hyper
 
     opened = open_store(store, config)
     hyper = Hyper(
@@ -145,10 +142,7 @@ def finetune(
     for flag, path in (("--data", data), ("--eval", eval_data)):
         if path is not None and not path.is_file():
             raise fail(f"{flag} {path}: no such file")
-    try:
-        template = chat_template(opened, base, chat_template_spec, config)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    template = chat_template(opened, base, chat_template_spec, config)
     request = Request(
         base=base,
         data=data,
@@ -175,8 +169,6 @@ def finetune(
             result = run(opened, request, _Bar(progress), say)
     except DataError as exc:
         raise fail(f"the data cannot be used; nothing was trained or stored:\n{exc}") from None
-    except (FinetuneError, StoreError) as exc:
-        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; nothing was registered", code=130) from None
     outcome = result.outcome

@@ -27,12 +27,12 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from benchmarks.suite.record import Level, RequestResult, Run
-from cellar.cli_common import console, err, fail
+from cellar.benchmarks.suite.record import Level, RequestResult, Run
+from cellar.cli.common import console, err, fail
 from cellar.config_types import parse_duration
 
 if TYPE_CHECKING:
-    from benchmarks.suite.bench import Options
+    from cellar.benchmarks.suite.bench import Options
 
 bench_app = typer.Typer(
     help="Benchmark an OpenAI-compatible endpoint (Cellar's or any other); compare runs.",
@@ -110,7 +110,7 @@ def _target(
     if base_url is not None or config is None:
         yield base_url or DEFAULT_URL, None
         return
-    from benchmarks.suite.target import started_gateway
+    from cellar.benchmarks.suite.target import started_gateway
 
     err.print(f"starting a gateway with {config} (log: {out / 'gateway.log'})", highlight=False)
     try:
@@ -149,8 +149,8 @@ def _summary_table(run: Run) -> RichTable:
 
 
 def _write_outputs(run: Run, out: Path) -> list[Path]:
-    from benchmarks.suite.plots import write_plots
-    from benchmarks.suite.report import write_csv, write_json, write_markdown
+    from cellar.benchmarks.suite.plots import write_plots
+    from cellar.benchmarks.suite.report import write_csv, write_json, write_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(run, out / "run.json")
@@ -161,7 +161,7 @@ def _write_outputs(run: Run, out: Path) -> list[Path]:
 
 
 def _self_check_only() -> None:
-    from benchmarks.suite.selfcheck import echo_endpoint, measure
+    from cellar.benchmarks.suite.selfcheck import echo_endpoint, measure
 
     with (
         err.status("measuring the generator against a local echo endpoint..."),
@@ -273,8 +273,8 @@ def bench(
     if self_check:
         _self_check_only()
         return
-    from benchmarks.suite.bench import Options, new_run
-    from benchmarks.suite.metrics import parse_slo
+    from cellar.benchmarks.suite.bench import Options, new_run
+    from cellar.benchmarks.suite.metrics import parse_slo
 
     if api not in ("completions", "chat"):
         raise fail(f"--api {api!r}: expected completions or chat")
@@ -340,9 +340,9 @@ def bench(
 
 def _measure(run: Run, options: Options) -> str | None:
     """Run the benchmark with progress bars; the error that stopped it, if any."""
-    from benchmarks.suite.bench import run_bench
-    from benchmarks.suite.client import ClientError
-    from benchmarks.suite.workload import WorkloadError
+    from cellar.benchmarks.suite.bench import run_bench
+    from cellar.benchmarks.suite.client import ClientError
+    from cellar.benchmarks.suite.workload import WorkloadError
     from cellar.errors import StoreError
 
     columns = (
@@ -372,8 +372,8 @@ def compare_runs(
     ] = None,
 ) -> None:
     """Render runs side by side with ratios (and cost per million output tokens)."""
-    from benchmarks.suite.compare import compare, markdown, parse_costs, write_plot
-    from benchmarks.suite.record import RecordError, load_run
+    from cellar.benchmarks.suite.compare import compare, markdown, parse_costs, write_plot
+    from cellar.benchmarks.suite.record import RecordError, load_run
 
     try:
         loaded = [load_run(path) for path in runs]

@@ -1,6 +1,6 @@
 """Give a converted GGUF the tokenizer of the GGUF its checkpoint came from:
 
-    PYTHONPATH=<llama.cpp tools>/gguf-py python -m quantize.retokenize CONVERTED ORIGINAL OUT
+    PYTHONPATH=<llama.cpp tools>/gguf-py python -m cellar.convert.retokenize CONVERTED ORIGINAL OUT
 
 A checkpoint made from a GGUF (`cellar models convert --to hf`) has only a `tokenizer.json`.
 llama.cpp's converter turns that into a BPE vocabulary, not the SentencePiece one the original

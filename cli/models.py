@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cellar.cli_common import ConfigOpt, StoreOpt, console, fail, open_store, progress_bar
+from cellar.cli.common import ConfigOpt, StoreOpt, console, fail, open_store, progress_bar
 from cellar.config import config_path, load_config
-from cellar.errors import ConfigError, StoreError
+from cellar.errors import StoreError
 from cellar.versions import parse_ref
 
 models_app = typer.Typer(help="The local model store.", no_args_is_help=True)
@@ -30,11 +30,8 @@ def import_model(
     """Copy a model into the store as the next version of NAME (version 1 for a new name),
     recording its size and sha256. Bytes already stored under NAME are not stored again."""
     target = open_store(store, config)
-    try:
-        with progress_bar(f"importing {name}") as progress:
-            result = target.import_file(path, name, progress, why)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    with progress_bar(f"importing {name}") as progress:
+        result = target.import_file(path, name, progress, why)
     verb = "imported" if result.created else "already in the store:"
     label, sha = result.manifest.label, result.manifest.sha256
     console.print(f"{verb} [bold]{label}[/] sha256 {sha}", highlight=False, soft_wrap=True)
@@ -74,11 +71,8 @@ def show_model(
     """Print a model's manifest as JSON, with its `chain`: the models it was made from, back
     to the original file."""
     opened = open_store(store, config)
-    try:
-        manifest = opened.get(name)
-        chain = opened.chain(name)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    manifest = opened.get(name)
+    chain = opened.chain(name)
     console.print_json(json.dumps({**manifest.model_dump(mode="json"), "chain": chain}))
 
 
@@ -93,15 +87,12 @@ def verify_models(
 ) -> None:
     """Re-hash stored models and compare with their manifests; exit 1 if any changed."""
     target = open_store(store, config)
-    try:
-        todo = [
-            manifest
-            for name in names or target.names()
-            for manifest in (target.versions(name) if "@" not in name else [])
-            or [target.get(name)]  # a reference, or a name not in the store: says why
-        ]
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    todo = [
+        manifest
+        for name in names or target.names()
+        for manifest in (target.versions(name) if "@" not in name else [])
+        or [target.get(name)]  # a reference, or a name not in the store: says why
+    ]
     bad = 0
     for manifest in todo:
         try:
@@ -121,10 +112,7 @@ def models_ps(config: ConfigOpt = None) -> None:
     import httpx
 
     path = config_path(config)
-    try:
-        server = load_config(path).server
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    server = load_config(path).server
     url = f"http://{server.host}:{server.port}/admin/models"
     try:
         view = httpx.get(url, timeout=10).json()
@@ -164,19 +152,16 @@ def convert_model(
     config: ConfigOpt = None,
 ) -> None:
     """Convert a stored GGUF into a Hugging Face checkpoint (for vLLM), kept with its lineage."""
-    from cellar.convert import convert_to_hf
+    from cellar.convert.gguf_to_hf import convert_to_hf
 
     if to != "hf":
         raise fail(f"unknown target format {to!r}: `cellar models convert` writes `hf`")
     target = open_store(store, config)
     result = new_name or f"{parse_ref(name).name}-hf"  # NAME@prod -> a version of NAME-hf
-    try:
-        with console.status(f"converting {name}") as status:
-            manifest = convert_to_hf(
-                target, name, result, lambda step: status.update(f"{name}: {step}")
-            )
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    with console.status(f"converting {name}") as status:
+        manifest = convert_to_hf(
+            target, name, result, lambda step: status.update(f"{name}: {step}")
+        )
     console.print(
         f"[bold]{manifest.name}[/]: Hugging Face checkpoint of {name}, "
         f"{manifest.size / 1e6:.0f} MB, sha256 {manifest.sha256}",
@@ -193,15 +178,12 @@ def explain_model(
     """Which engine would serve a model on this machine, and why."""
     from cellar.config import ModelDeployment
     from cellar.deployments import resolve_one
+    from cellar.engines.choice import EngineChooser
     from cellar.hardware import detect
     from cellar.store import store_for
-    from engines.choice import EngineChooser
 
     path = config_path(config)
-    try:
-        loaded = load_config(path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    loaded = load_config(path)
     specs = {spec.name: (index, spec) for index, spec in enumerate(loaded.models)}
     if name in specs:
         index, spec = specs[name]
@@ -210,10 +192,7 @@ def explain_model(
         spec = ModelDeployment(name=name, source=f"store:{name}")
         key = f"store model {name!r}"
     hardware = detect()
-    try:
-        resolved = resolve_one(spec, key, store_for(loaded), path.parent, EngineChooser(hardware))
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    resolved = resolve_one(spec, key, store_for(loaded), path.parent, EngineChooser(hardware))
     console.print(f"[bold]{name}[/]: {resolved.engine}", highlight=False)
     console.print(f"  serves: {resolved.artifact.label} ({resolved.artifact.format})")
     console.print(f"  why:    {resolved.engine_reason}", highlight=False, soft_wrap=True)

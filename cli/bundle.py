@@ -8,9 +8,8 @@ from typing import Annotated
 import platformdirs
 import typer
 
-from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_store
+from cellar.cli.common import ConfigOpt, StoreOpt, console, err, open_store
 from cellar.config import config_path
-from cellar.errors import StoreError
 
 bundle_app = typer.Typer(
     help="Air-gapped bundles: models, wheels, sources and configs in one tar.",
@@ -55,8 +54,8 @@ def export(
     """Write one tar with the models (manifests, lineage, tags), a wheelhouse of Cellar and
     every dependency built by pip for the target, llama-cpp-python's source package, the
     configs, and the sha256 of every file. Runs on a machine with access to the package index."""
-    from cellar.bundle import Target, export_bundle
-    from cellar.llamacpp_tools import llama_cpp_version
+    from cellar.bundle.bundles import Target, export_bundle
+    from cellar.convert.llamacpp_tools import llama_cpp_version
 
     opened = open_store(store, config)
     shipped = configs
@@ -64,21 +63,18 @@ def export(
         path = config_path(config)
         shipped = [path] if path.is_file() else []
     target = Target(python_version, target_platform)
-    try:
-        with console.status("exporting") as status:
-            index = export_bundle(
-                opened,
-                [m.strip() for m in models.split(",") if m.strip()],
-                out,
-                shipped,
-                extras=[e.strip() for e in extras.split(",") if e.strip()],
-                target=target,
-                wheel_cache=wheel_cache,
-                llama_version=llama_cpp_version(),
-                say=lambda line: status.update(line[:120]),
-            )
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    with console.status("exporting") as status:
+        index = export_bundle(
+            opened,
+            [m.strip() for m in models.split(",") if m.strip()],
+            out,
+            shipped,
+            extras=[e.strip() for e in extras.split(",") if e.strip()],
+            target=target,
+            wheel_cache=wheel_cache,
+            llama_version=llama_cpp_version(),
+            say=lambda line: status.update(line[:120]),
+        )
     wheels = sum(1 for name in index["files"] if name.startswith("wheels/"))
     size = out.stat().st_size / 2**20
     console.print(
@@ -94,13 +90,10 @@ def verify(
     bundle: Annotated[Path, typer.Argument(help="The bundle (.tar) or the directory it unpacked")],
 ) -> None:
     """Re-hash every file of a bundle; name each that is damaged, missing or unexpected."""
-    from cellar.bundle import verify_bundle
+    from cellar.bundle.bundles import verify_bundle
 
-    try:
-        with console.status("verifying") as status:
-            checked = verify_bundle(bundle, lambda line: status.update(line[:120]))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    with console.status("verifying") as status:
+        checked = verify_bundle(bundle, lambda line: status.update(line[:120]))
     if checked.problems:
         for problem in checked.problems:
             err.print(f"[red]FAIL[/] {problem}", highlight=False, soft_wrap=True)
@@ -117,14 +110,11 @@ def import_(
 ) -> None:
     """Verify a bundle, then add its models to the store with their tags, and install the
     llama.cpp converters from its source package (for `cellar quantize` and `finetune`)."""
-    from cellar.bundle import import_bundle
+    from cellar.bundle.bundles import import_bundle
 
     opened = open_store(store, config)
-    try:
-        with console.status("importing") as status:
-            lines = import_bundle(bundle, opened, lambda line: status.update(line[:120]), why)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    with console.status("importing") as status:
+        lines = import_bundle(bundle, opened, lambda line: status.update(line[:120]), why)
     for line in lines:
         console.print(line, highlight=False)
     console.print(f"store: {opened.root}", highlight=False)

@@ -12,9 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cellar.cli_common import ConfigOpt, StoreOpt, console, err, fail, open_store
+from cellar.cli.common import ConfigOpt, StoreOpt, console, err, fail, open_store
 from cellar.config import config_path, load_config
-from cellar.errors import ConfigError, StoreError
 from cellar.versions import parse_ref
 
 _QUANT_SUFFIX = re.compile(r"-(f16|f32|bf16|q\d[\w]*)$", re.IGNORECASE)
@@ -37,10 +36,7 @@ def _goldens(model: str, config: Path | None) -> list[dict[str, Any]]:
     path = config_path(config)
     if not path.is_file():
         return []
-    try:
-        loaded = load_config(path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    loaded = load_config(path)
     found = []
     for deployment in loaded.models:
         if deployment.source != f"store:{model}":
@@ -106,14 +102,11 @@ def quantize(
     config: ConfigOpt = None,
 ) -> None:
     """Quantize a stored model, measure what it cost, and register it if the gate passes."""
-    from quantize.pipeline import GateFailed, Request, default_eval_file, quantize_model
-    from quantize.report import rows
-    from quantize.targets import QuantizeError, target
+    from cellar.quantize.pipeline import Request, default_eval_file, quantize_model
+    from cellar.quantize.report import rows
+    from cellar.quantize.targets import target
 
-    try:
-        chosen = target(to)
-    except QuantizeError as exc:
-        raise fail(str(exc)) from None
+    chosen = target(to)
     text = eval_file or default_eval_file()
     if not text.is_file():
         raise fail(f"--eval-file {text}: no such file")
@@ -140,10 +133,6 @@ def quantize(
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             manifest, report = quantize_model(opened, request, _Bar(progress))
-    except GateFailed as exc:
-        raise fail(str(exc), code=1) from None
-    except (QuantizeError, StoreError) as exc:
-        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; nothing was registered", code=130) from None
     table = Table(title=f"{model} -> {manifest.name}")

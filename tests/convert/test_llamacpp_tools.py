@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cellar.cli import app
+from cellar.cli.main import app
+from cellar.convert.llamacpp_tools import ENV_TOOLS, ToolsMissing, install, script
 from cellar.errors import StoreError
-from cellar.llamacpp_tools import ENV_TOOLS, ToolsMissing, install, script
 
 TOP = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
 

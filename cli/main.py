@@ -1,5 +1,5 @@
-"""The `cellar` command line: the app, `serve`, `warmup` and `config`; `models` lives in
-cellar/cli_models.py."""
+"""The `cellar` app, `serve`, `warmup` and `config`; each other command group has its own
+module in cellar/cli/."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Annotated
 
 import typer
 
-from cellar.cli_bench import bench_app
-from cellar.cli_bundle import bundle_app
-from cellar.cli_common import ConfigOpt, console, fail
-from cellar.cli_finetune import finetune
-from cellar.cli_keys import keys_app
-from cellar.cli_models import models_app
-from cellar.cli_ops import audit_app, canary, tools_app
-from cellar.cli_quantize import quantize
-from cellar.cli_versions import (
+from cellar.cli.bench import bench_app
+from cellar.cli.bundle import bundle_app
+from cellar.cli.common import Commands, ConfigOpt, console, fail
+from cellar.cli.finetune import finetune
+from cellar.cli.keys import keys_app
+from cellar.cli.models import models_app
+from cellar.cli.ops import audit_app, canary, tools_app
+from cellar.cli.quantize import quantize
+from cellar.cli.versions import (
     du_models,
     gc_models,
     history_model,
@@ -26,11 +26,12 @@ from cellar.cli_versions import (
     untag_model,
 )
 from cellar.config import config_json_schema, config_path, load_config
-from cellar.errors import ConfigError
 from cellar.store import store_for
 
 app = typer.Typer(
-    help="Cellar: a private, on-premise, OpenAI-compatible LLM server.", no_args_is_help=True
+    cls=Commands,
+    help="Cellar: a private, on-premise, OpenAI-compatible LLM server.",
+    no_args_is_help=True,
 )
 config_app = typer.Typer(help="Configuration files.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -55,12 +56,9 @@ app.command()(finetune)
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
     """Start the gateway (host and port from the config, or $CELLAR_HOST / $CELLAR_PORT)."""
-    from server.main import serve as run_gateway  # the CLI is the one place that starts it
+    from cellar.server.main import serve as run_gateway  # the CLI is the one place that starts it
 
-    try:
-        run_gateway(config_path(config))
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    run_gateway(config_path(config))
 
 
 @app.command()
@@ -71,16 +69,13 @@ def warmup(
     """Start the model's worker, then print time to first token cold (first request) and warm."""
     import asyncio
 
-    from engines.choice import resolve_here
-    from engines.launch import ProcessLauncher
-    from engines.warmup import cold_and_warm
+    from cellar.engines.choice import resolve_here
+    from cellar.engines.launch import ProcessLauncher
+    from cellar.engines.warmup import cold_and_warm
 
     path = config_path(config)
-    try:
-        loaded = load_config(path)
-        deployments = {d.spec.name: d for d in resolve_here(loaded, store_for(loaded), path)}
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    loaded = load_config(path)
+    deployments = {d.spec.name: d for d in resolve_here(loaded, store_for(loaded), path)}
     if model not in deployments:
         raise fail(f"no model {model!r} in {path} (models: {', '.join(deployments)})")
     deployment = deployments[model]
@@ -109,14 +104,11 @@ def warmup(
 @config_app.command("check")
 def check_config(config: ConfigOpt = None) -> None:
     """Validate a config file, including that every model source exists."""
-    from engines.choice import resolve_here
+    from cellar.engines.choice import resolve_here
 
     path = config_path(config)
-    try:
-        loaded = load_config(path)
-        resolve_here(loaded, store_for(loaded), path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    loaded = load_config(path)
+    resolve_here(loaded, store_for(loaded), path)
     console.print(f"{path}: ok ({len(loaded.models)} model(s))", highlight=False)
 
 

@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cellar.cli_common import ConfigOpt, console, err, fail
+from cellar.cli.common import ConfigOpt, console, err, fail
 from cellar.config import beside, config_path, load_config
-from cellar.errors import ConfigError
-from cellar.keys import KeyFile, KeysError, default_keys_path, describe, parse_expiry
+from cellar.keys import KeyFile, default_keys_path, describe, parse_expiry
 
 keys_app = typer.Typer(help="API keys for the gateway.", no_args_is_help=True)
 
@@ -28,10 +27,7 @@ def keys_path(explicit: Path | None, config: Path | None) -> Path:
         return explicit
     path = config_path(config)
     if path.is_file():
-        try:
-            configured = load_config(path).auth.keys_file
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
+        configured = load_config(path).auth.keys_file
         if configured is not None:
             return beside(path, configured) or configured
     elif config is not None:
@@ -60,19 +56,16 @@ def create(
     path = keys_path(keys_file, config)
     now = datetime.now(UTC)
     allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    try:
-        when = parse_expiry(expires, now) if expires else None
-        record, key = KeyFile(path).create(
-            name,
-            role=role,  # type: ignore[arg-type]
-            models=allowed,
-            rpm=rpm,
-            tpm=tpm,
-            expires=when,
-            now=now,
-        )
-    except KeysError as exc:
-        raise fail(str(exc)) from None
+    when = parse_expiry(expires, now) if expires else None
+    record, key = KeyFile(path).create(
+        name,
+        role=role,  # type: ignore[arg-type]
+        models=allowed,
+        rpm=rpm,
+        tpm=tpm,
+        expires=when,
+        now=now,
+    )
     err.print(
         f"created key {record.id} for {record.name!r} ({record.role}) in {path}. "
         "Copy it now: it is not stored and cannot be shown again.",
@@ -85,10 +78,7 @@ def create(
 def list_keys(keys_file: KeysFileOpt = None, config: ConfigOpt = None) -> None:
     """Every key: name, role, models, limits, state (never the key itself)."""
     path = keys_path(keys_file, config)
-    try:
-        records = KeyFile(path).load()
-    except KeysError as exc:
-        raise fail(str(exc)) from None
+    records = KeyFile(path).load()
     if not records:
         console.print(f"no keys in {path}", highlight=False)
         return
@@ -110,9 +100,6 @@ def revoke(
 ) -> None:
     """Revoke a key; a running gateway refuses it from its next request."""
     path = keys_path(keys_file, config)
-    try:
-        revoked = KeyFile(path).revoke(key)
-    except KeysError as exc:
-        raise fail(str(exc)) from None
+    revoked = KeyFile(path).revoke(key)
     for record in revoked:
         console.print(f"revoked {record.id} ({record.name})", highlight=False)

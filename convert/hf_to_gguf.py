@@ -15,8 +15,9 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cellar import llamacpp_tools
-from quantize.targets import QuantizeError
+from cellar.child import python_module
+from cellar.convert import llamacpp_tools
+from cellar.errors import ConvertError
 
 Progress = Callable[[int, int], None]
 _TENSOR_LINE = re.compile(r"-->\s*\w+, shape")
@@ -28,10 +29,10 @@ def lossless_type(checkpoint: Path) -> str:
     try:
         config = json.loads((checkpoint / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise QuantizeError(f"{checkpoint / 'config.json'}: unreadable: {exc}") from None
+        raise ConvertError(f"{checkpoint / 'config.json'}: unreadable: {exc}") from None
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
     if dtype not in _LOSSLESS:
-        raise QuantizeError(f"{checkpoint}: weights of type {dtype!r} cannot be converted")
+        raise ConvertError(f"{checkpoint}: weights of type {dtype!r} cannot be converted")
     return _LOSSLESS[dtype]
 
 
@@ -48,7 +49,7 @@ def tensor_count(checkpoint: Path) -> int:
 
 def _lines(what: str, argv: list[str], log: Path) -> Iterator[str]:
     """Run `argv`, appending its output to `log` and yielding it line by line; raises
-    QuantizeError with the log's last lines when it fails, and kills it on Ctrl-C."""
+    ConvertError with the log's last lines when it fails, and kills it on Ctrl-C."""
     with log.open("a", encoding="utf-8") as sink:
         child = subprocess.Popen(
             argv,
@@ -74,7 +75,7 @@ def _lines(what: str, argv: list[str], log: Path) -> Iterator[str]:
             for line in log.read_text(errors="replace").splitlines()
             if line.strip() and not line.startswith("INFO:")
         ][-4:]
-        raise QuantizeError(
+        raise ConvertError(
             f"{what} failed (exit code {child.returncode}); the end of its log "
             f"({log}):\n  " + "\n  ".join(last)
         )
@@ -103,7 +104,7 @@ def convert(
             if progress is not None:
                 progress(min(done, total), total)
     if tokenizer_from is not None:
-        argv = [sys.executable, "-m", "quantize.retokenize", str(written), str(tokenizer_from)]
+        argv = python_module("cellar.convert.retokenize", str(written), str(tokenizer_from))
         try:
             for _ in _lines("carrying the tokenizer over", [*argv, str(out)], log):
                 pass

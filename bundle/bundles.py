@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from cellar import __version__
-from cellar.errors import StoreError
+from cellar.convert.llamacpp_tools import install, llama_cpp_version
+from cellar.errors import ToolError
 from cellar.gc import FORMS_OF_ONE
 from cellar.hashing import copy_tree_hashing, files_under
-from cellar.llamacpp_tools import install, llama_cpp_version
 from cellar.store import MANIFEST, Manifest, ModelStore
 from cellar.tags import set_tag
 from cellar.versions import parse_ref, rollback_target
@@ -57,7 +57,7 @@ BUILD_REQUIREMENTS = ("scikit-build-core[pyproject]>=0.9.2", "cmake>=3.21", "nin
 Say = Callable[[str], None]
 
 
-class BundleError(StoreError):
+class BundleError(ToolError):
     """A bundle is damaged or cannot be made; the message names the file."""
 
 

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cellar import hardware
-from cellar.cli import app
+from cellar.cli.main import app
 from cellar.store import ModelStore
 from tests.gateway import BUNDLED_NAME, HF_NAME, MODEL, vllm_settings
 

@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cellar.cli_common import ConfigOpt, StoreOpt, console, fail, open_store
+from cellar.cli.common import ConfigOpt, StoreOpt, console, open_store
 from cellar.config import config_path, load_config
-from cellar.errors import ConfigError, StoreError
 from cellar.gc import config_references, disk_usage, plan_gc
 from cellar.tags import history, promote, rollback, set_tag, untag
 from cellar.versions import Move
@@ -35,10 +34,7 @@ def tag_model(
     config: ConfigOpt = None,
 ) -> None:
     """Point a tag at a version (a running gateway serving NAME@TAG switches to it)."""
-    try:
-        _moved(name, set_tag(open_store(store, config), name, version, tag, why))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    _moved(name, set_tag(open_store(store, config), name, version, tag, why))
 
 
 def untag_model(
@@ -49,10 +45,7 @@ def untag_model(
     config: ConfigOpt = None,
 ) -> None:
     """Remove a tag."""
-    try:
-        _moved(name, untag(open_store(store, config), name, tag, why))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    _moved(name, untag(open_store(store, config), name, tag, why))
 
 
 def promote_model(
@@ -64,10 +57,7 @@ def promote_model(
     config: ConfigOpt = None,
 ) -> None:
     """Point one tag at the version another holds (e.g. --from staging --to prod)."""
-    try:
-        _moved(name, promote(open_store(store, config), name, source, target, why))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    _moved(name, promote(open_store(store, config), name, source, target, why))
 
 
 def rollback_model(
@@ -78,10 +68,7 @@ def rollback_model(
     config: ConfigOpt = None,
 ) -> None:
     """Move a tag back to the version it held before its last move."""
-    try:
-        _moved(name, rollback(open_store(store, config), name, tag, why))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    _moved(name, rollback(open_store(store, config), name, tag, why))
 
 
 def history_model(
@@ -91,10 +78,7 @@ def history_model(
 ) -> None:
     """Every version added and every tag move, oldest first, with who and why."""
     opened = open_store(store, config)
-    try:
-        refs = history(opened, name)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    refs = history(opened, name)
     table = Table("time (UTC)", "user", "action", "tag", "from", "to", "sha256", "why")
     table.title = f"{name}: " + (
         ", ".join(f"{tag}={number}" for tag, number in sorted(refs.tags.items())) or "no tags"
@@ -117,10 +101,7 @@ def _references(config: ConfigOpt) -> list[str]:
     path = config_path(config)
     if config is None and not path.is_file():
         return []
-    try:
-        return config_references(load_config(path))
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    return config_references(load_config(path))
 
 
 def gc_models(

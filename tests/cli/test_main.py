@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cellar.cli import app
+from cellar.cli.main import app
 from tests.files import fake_gguf
 
 runner = CliRunner()

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from typer.core import TyperGroup
 
 from cellar.config import DEFAULT_CONFIG, config_path, load_config
-from cellar.errors import ConfigError
+from cellar.errors import ToolError
 from cellar.hashing import Progress as ProgressCallback
 from cellar.store import ModelStore, default_store_root, store_for
 
@@ -35,16 +36,24 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+class Commands(TyperGroup):
+    """The root command group: its `invoke` is the CLI's one error handler. A ToolError from any
+    command is printed as `error: <message>` and ends the command with its `exit_code`."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context; typer types it with its own click
+        try:
+            return super().invoke(ctx)
+        except ToolError as exc:
+            raise fail(exc.message, exc.exit_code) from None
+
+
 def open_store(store: Path | None, config: Path | None) -> ModelStore:
     if store is not None:
         return ModelStore(store)
     path = config_path(config)
     if config is None and not path.is_file():
         return ModelStore(default_store_root())
-    try:
-        return store_for(load_config(path))
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    return store_for(load_config(path))
 
 
 @contextmanager

@@ -12,10 +12,9 @@ import typer
 from rich.table import Table
 
 from cellar.auditlog import default_audit_path, read_lines, summarize
-from cellar.cli_common import ConfigOpt, console, fail
+from cellar.cli.common import ConfigOpt, console, fail
 from cellar.config import CellarConfig, beside, config_path, load_config
 from cellar.config_types import parse_duration
-from cellar.errors import ConfigError, StoreError
 
 audit_app = typer.Typer(help="The audit log of requests.", no_args_is_help=True)
 
@@ -26,10 +25,7 @@ def _config(config: Path | None) -> tuple[Path, CellarConfig | None]:
         if config is not None:
             raise fail(f"{path}: no such config file")
         return path, None
-    try:
-        return path, load_config(path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
+    return path, load_config(path)
 
 
 @audit_app.command("summary")
@@ -114,12 +110,9 @@ def install_tools(
 ) -> None:
     """Unpack llama.cpp's converters from the llama-cpp-python source package (`make setup`
     does this); the same package again is a no-op."""
-    from cellar.llamacpp_tools import install
+    from cellar.convert.llamacpp_tools import install
 
-    try:
-        where, written = install(sdist)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
+    where, written = install(sdist)
     verb = "installed" if written else "already installed"
     console.print(f"llama.cpp converters {verb} in {where}", highlight=False, soft_wrap=True)
 
@@ -127,11 +120,11 @@ def install_tools(
 @tools_app.command("show")
 def show_tools() -> None:
     """Where the converters are, and whether they are installed."""
-    from cellar.llamacpp_tools import llama_cpp_version, script, tools_dir
+    from cellar.convert.llamacpp_tools import ToolsMissing, llama_cpp_version, script, tools_dir
 
     console.print(f"{tools_dir()} (llama-cpp-python {llama_cpp_version()})", highlight=False)
     try:
         for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py"):
             console.print(f"  {script(name)}", highlight=False)
-    except StoreError as exc:
-        raise fail(str(exc), code=1) from None
+    except ToolsMissing as exc:
+        raise fail(exc.message, code=1) from None  # a check that found them missing

@@ -1,0 +1,1 @@
+"""Air-gapped bundles (`cellar bundle export/verify/import`)."""
