@@ -44,7 +44,7 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup tools vllm serve test lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters clean
+.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters clean
 
 setup: $(IMPORTED) tools
 
@@ -99,9 +99,11 @@ FORCE:
 serve: setup
 	$(CELLAR) serve --config $(CONFIG)
 
+# ruff, and the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(INSTALLED)
 	$(VENV)/bin/mypy
@@ -110,6 +112,10 @@ pytest: setup $(VLLM_READY)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: setup lint typecheck pytest
+
+# Lint, types and the in-process tier (no model processes): about two minutes.
+test-fast: setup lint typecheck
+	$(VENV)/bin/pytest -m "not slow and not vllm" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m cellar.benchmarks.batching

@@ -114,7 +114,9 @@ def _export_versions(store: ModelStore, ref: str) -> list[Manifest]:
 
 def project_root() -> Path | None:
     """The checkout Cellar runs from (it has pyproject.toml), or None when installed."""
-    root = Path(__file__).resolve().parent.parent
+    import cellar
+
+    root = Path(cellar.__file__).resolve().parent.parent
     return root if (root / "pyproject.toml").is_file() else None
 
 
