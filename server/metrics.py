@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+STATUS_CLIENT_GONE = 499
+"""The status counted for a request whose client went away (nginx's code)."""
+
+
+@dataclass
+class Outcome:
+    """One request's entry in `cellar:requests_total` and its end-to-end latency, recorded
+    exactly once: by the completion service when it answers or fails, or by the proxy when a
+    stream it relays ends. Later calls are ignored, so every way out may call `finish`."""
+
+    metrics: Metrics
+    model: str
+    started: float
+    """time.monotonic() at arrival."""
+    status: int | None = None
+
+    def finish(self, status: int) -> None:
+        if self.status is None:
+            self.status = status
+            self.metrics._record(self.model, status, time.monotonic() - self.started)
 
 
 class Metrics:
@@ -105,10 +130,13 @@ class Metrics:
             registry=self.registry,
         )
 
-    def record(self, model: str, status: int, latency_s: float | None = None) -> None:
+    def outcome(self, model: str, started: float) -> Outcome:
+        """The one place a request is counted: see Outcome."""
+        return Outcome(self, model, started)
+
+    def _record(self, model: str, status: int, latency_s: float) -> None:
         self.requests.labels(model, str(status)).inc()
-        if latency_s is not None:
-            self.e2e_latency.labels(model).observe(latency_s)
+        self.e2e_latency.labels(model).observe(latency_s)
 
     def record_usage(self, model: str, usage: dict[str, object] | None) -> None:
         if not usage:

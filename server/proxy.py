@@ -23,14 +23,13 @@ from fastapi.responses import Response
 from cellar.engines.base import Engine
 from cellar.errors import ApiError, EngineFailed, EngineUnavailable, RequestTimeout
 from cellar.server.audit import AuditEntry
-from cellar.server.metrics import Metrics
+from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
 from cellar.server.upstream import normalize_error
-from cellar.web import SSE_DONE, ClientDisconnected, sse_response, unless_disconnected
+from cellar.web import SSE_DONE, sse_response, unless_disconnected
 
 _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-STATUS_CLIENT_GONE = 499
 _JSON = {"Content-Type": "application/json"}
 UpstreamError = (aiohttp.ClientError, TimeoutError)
 KEEPALIVE_S = 4.0
@@ -108,6 +107,8 @@ class Call:
     payload: dict[str, Any]
     client_wants_usage: bool
     started: float
+    outcome: Outcome
+    """Counts the request; the proxy finishes it only for a stream it relays to the end."""
     on_done: Callable[[], None]
     """Called exactly once when the answer is complete or abandoned (releases the turn)."""
     tap: Tap = field(default_factory=Tap)
@@ -179,9 +180,6 @@ class Proxy:
                 status, body = await unless_disconnected(request, self._post(url, call.payload))
         except TimeoutError:
             raise _timeout(call) from None
-        except ClientDisconnected:
-            self._metrics.record(call.model, STATUS_CLIENT_GONE, time.monotonic() - call.started)
-            raise
         except UpstreamError as exc:
             raise _failure(call, exc) from None
         if status != 200:
@@ -194,13 +192,11 @@ class Proxy:
         if call.tap.capture:
             call.tap.collect(answer)
             call.tap.finish()
-        self._metrics.record(call.model, 200, time.monotonic() - call.started)
         return Response(body, 200, media_type="application/json")
 
     def _error(self, call: Call, status: int, body: bytes) -> Response:
         """A worker's refusal, in Cellar's error shape whichever engine sent it."""
         status, body = normalize_error(status, body, call.model, call.prompt_param)
-        self._metrics.record(call.model, status, time.monotonic() - call.started)
         return Response(body, status, media_type="application/json")
 
     async def _stream(self, call: Call) -> Response:
@@ -229,7 +225,7 @@ class Proxy:
                     upstream.close()  # abandoned: closing it tells the worker to stop
             finally:
                 call.on_done()
-            self._metrics.record(call.model, outcome["status"], time.monotonic() - call.started)
+            call.outcome.finish(outcome["status"])
 
         return sse_response(self._relay(call, upstream, outcome), close)
 

@@ -6,18 +6,18 @@ import asyncio
 import time
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from cellar.errors import ApiError, ContextLengthExceeded, RequestTimeout
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.server.audit import AuditEntry
 from cellar.server.auth import OPEN, Principal
-from cellar.server.metrics import Metrics
+from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
 from cellar.server.policy import Body, apply_token_cap, estimate_tokens, prompt_content
 from cellar.server.proxy import Call, Proxy, Tap, WorkerUnreachable
 from cellar.server.ratelimit import Grant, RateLimiter
 from cellar.server.supervisor import Supervisor
-from cellar.web import unless_disconnected
+from cellar.web import ClientDisconnected, unless_disconnected
 
 VERSION_HEADER = "x-cellar-model-version"
 SHA256_HEADER = "x-cellar-model-sha256"
@@ -76,6 +76,7 @@ class CompletionService:
                 entry.prompt = prompt_content(body)
         principal.check_model(body.model)  # 403 first: a key learns nothing of other models
         deployment = self.supervisor.get(body.model)  # unknown models: 404 before anything else
+        outcome = self.metrics.outcome(body.model, started)
         try:
             body.check_supported()
             apply_token_cap(body, deployment.resolved.spec.max_tokens)
@@ -83,13 +84,21 @@ class CompletionService:
             grant = self.limiter.admit(principal, estimate_tokens(body))
             tap = self._tap(entry, grant)
             try:
-                response = await self._attempt(request, path, body, started, tap)
+                response = await self._attempt(request, path, body, outcome, tap)
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
-                response = await self._attempt(request, path, body, started, tap)
+                response = await self._attempt(request, path, body, outcome, tap)
         except ApiError as exc:
-            self.metrics.record(body.model, exc.status, time.monotonic() - started)
+            outcome.finish(exc.status)
             raise
+        except ClientDisconnected:  # while queued, loading or waiting for a whole answer
+            outcome.finish(STATUS_CLIENT_GONE)
+            raise
+        except Exception:
+            outcome.finish(500)
+            raise
+        if not isinstance(response, StreamingResponse):  # a stream counts itself when it ends
+            outcome.finish(response.status_code)
         response.headers.update(grant.headers)
         return response
 
@@ -107,9 +116,9 @@ class CompletionService:
         return loop.time() + self.request_timeout_s - (time.monotonic() - started)
 
     async def _attempt(
-        self, request: Request, path: str, body: Body, started: float, tap: Tap
+        self, request: Request, path: str, body: Body, outcome: Outcome, tap: Tap
     ) -> Response:
-        deadline = self._deadline(started)
+        deadline = self._deadline(outcome.started)
         try:
             async with asyncio.timeout_at(deadline):
                 lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
@@ -130,7 +139,8 @@ class CompletionService:
             path=path,
             payload=payload,
             client_wants_usage=body.wants_usage_in_stream(),
-            started=started,
+            started=outcome.started,
+            outcome=outcome,
             on_done=lease.release,
             tap=tap,
             deadline=deadline,

@@ -76,9 +76,15 @@ def _failure(kind: int, path: str) -> tuple[bytes, bool]:
 
 
 class Echo:
-    def __init__(self, fail_after: int | None) -> None:
+    """The endpoint's handler. `delay_s` holds each completion that long before answering (the
+    gateway's in-process tests use it as a stand-in worker with requests in flight)."""
+
+    def __init__(self, fail_after: int | None, delay_s: float = 0.0) -> None:
         self._fail_after = fail_after
+        self._delay_s = delay_s
         self._served = 0
+        self.completions = 0
+        """Completion requests received."""
         self._kinds = itertools.cycle(range(3))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,6 +101,9 @@ class Echo:
                 method, path, *_ = [*request_line.split(" "), "", ""]
                 if method == "POST" and path.endswith("/completions"):
                     self._served += 1
+                    self.completions += 1
+                    if self._delay_s:
+                        await asyncio.sleep(self._delay_s)
                     if self._fail_after is not None and self._served > self._fail_after:
                         out, drop = _failure(next(self._kinds), path)
                         writer.write(out)

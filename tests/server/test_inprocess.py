@@ -1,0 +1,111 @@
+"""The fast tier: the real gateway app in this process, a stand-in worker behind it.
+
+Each test drives the supervisor, admission, proxy or metrics over real HTTP in about a second
+(the stand-in: tests/standin.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.standin import Launches, resolved, serve_gateway
+
+BODY = {"model": "m", "prompt": "hi", "max_tokens": 4}
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.02)
+
+
+def test_a_client_that_leaves_while_queued_is_counted_as_499(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches(delay_s=1.0)
+        deployment = resolved("m", tmp_path, max_concurrency=1, max_queue=4)
+        async with serve_gateway([deployment], tmp_path, launches) as gw:
+            first = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
+            await _until(
+                lambda: bool(launches.engines) and launches.engines[0].echo.completions == 1
+            )
+            with pytest.raises(httpx.ReadTimeout):  # queued behind the first, then gone
+                await gw.http.post("/v1/completions", json=BODY, timeout=0.3)
+            assert (await first).status_code == 200
+            labels = {"model_name": "m"}
+            assert await gw.metric("cellar:requests_total", status="499", **labels) == 1
+            assert await gw.metric("cellar:requests_total", status="200", **labels) == 1
+            assert launches.engines[0].echo.completions == 1  # the one that left never ran
+
+    asyncio.run(scenario())
+
+
+def test_a_crashed_worker_is_restarted_by_the_next_request(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches()
+        async with serve_gateway([resolved("m", tmp_path)], tmp_path, launches) as gw:
+            assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
+            launches.engines[0].crash()
+            assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
+            assert len(launches.engines) == 2
+            assert await gw.metric("cellar:model_restarts_total", model_name="m") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_model_that_fails_to_load_backs_off(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches(fail_start="corrupt file")
+        async with serve_gateway([resolved("m", tmp_path)], tmp_path, launches) as gw:
+            for tries in (1, 2):  # the first retry is at once
+                failed = await gw.http.post("/v1/completions", json=BODY)
+                assert failed.status_code == 503 and "corrupt file" in failed.text
+                assert len(launches.engines) == tries
+            again = (await gw.http.post("/v1/completions", json=BODY)).json()["error"]
+            assert again["code"] == "model_unavailable" and "next restart in" in again["message"]
+            assert len(launches.engines) == 2  # no start inside the backoff
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_model_is_unloaded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches()
+        deployment = resolved("m", tmp_path, keep_alive=0.2)
+        async with serve_gateway([deployment], tmp_path, launches) as gw:
+            assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
+
+            async def state() -> str:
+                models = (await gw.http.get("/admin/models")).json()["models"]
+                return str(models[0]["state"])
+
+            for _ in range(100):
+                if await state() == "stopped":
+                    break
+                await asyncio.sleep(0.05)
+            assert await state() == "stopped"
+            assert launches.engines[0]._server is None
+
+    asyncio.run(scenario())
+
+
+def test_loading_a_model_evicts_the_least_recently_used_idle_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches()
+        models = [resolved(name, tmp_path) for name in ("a", "b")]
+        async with serve_gateway(models, tmp_path, launches, budget_bytes=3 * 2**19) as gw:
+            for name in ("a", "b"):
+                answer = await gw.http.post("/v1/completions", json={**BODY, "model": name})
+                assert answer.status_code == 200
+            states = {
+                m["name"]: m["state"] for m in (await gw.http.get("/admin/models")).json()["models"]
+            }
+            assert states == {"a": "stopped", "b": "ready"}
+
+    asyncio.run(scenario())

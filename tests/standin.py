@@ -1,0 +1,175 @@
+"""The fast tier's stand-in worker and an in-process gateway in front of it.
+
+`EchoEngine` implements the gateway's Engine protocol over the benchmarks' echo endpoint
+(cellar.benchmarks.suite.echo), served from the test's own event loop: a real OpenAI-shaped
+HTTP server on 127.0.0.1 that answers at once (or after `delay_s`), with no model behind it.
+`serve_gateway` runs the real gateway app (create_app) under uvicorn in the same loop, so the
+supervisor, admission, proxy and metrics are driven over real HTTP in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from cellar.benchmarks.suite.echo import Echo
+from cellar.config import ModelDeployment
+from cellar.config_access import AuthSettings, LimitSettings
+from cellar.deployments import Artifact, ResolvedDeployment
+from cellar.engines.base import EngineState
+from cellar.engines.process import free_port
+from cellar.errors import EngineUnavailable
+from cellar.server.app import Access, create_app
+from cellar.server.auth import Authenticator
+from cellar.server.deployment import Limits
+from cellar.store import ModelStore
+
+
+@dataclass
+class EchoEngine:
+    """A worker stand-in: the echo endpoint on a free loopback port, started and stopped with
+    the engine. `fail_start` makes start() fail; `crash()` makes it die as a worker would."""
+
+    name: str
+    delay_s: float = 0.0
+    fail_start: str | None = None
+    state: EngineState = EngineState.STOPPED
+    error: str | None = None
+    echo: Echo = field(init=False)
+    _server: asyncio.Server | None = None
+    _port: int = 0
+
+    def __post_init__(self) -> None:
+        self.echo = Echo(None, self.delay_s)
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def start(self) -> None:
+        self.state = EngineState.STARTING
+        if self.fail_start is not None:
+            self.state, self.error = EngineState.FAILED, self.fail_start
+            return
+        self._server = await asyncio.start_server(self.echo.handle, "127.0.0.1", 0)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        if self.state is EngineState.FAILED:
+            raise EngineUnavailable(f"model {self.name!r} failed to start: {self.error}")
+        self.state = EngineState.READY
+
+    async def health(self) -> bool:
+        return self.state is EngineState.READY
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.state is not EngineState.FAILED:
+            self.state = EngineState.STOPPED
+
+    def crash(self, reason: str = "killed by the test") -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.state, self.error = EngineState.FAILED, reason
+
+    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+        return None
+
+
+def resolved(name: str, tmp: Path, **spec: Any) -> ResolvedDeployment:
+    """A llama.cpp deployment of a (never loaded) file, for the stand-in to serve; no warm-up
+    unless asked for."""
+    path = tmp / f"{name}.gguf"
+    path.touch()
+    spec.setdefault("warmup", {"enabled": False})
+    deployment = ModelDeployment(name=name, source=str(path), **spec)
+    return ResolvedDeployment(
+        deployment, "llamacpp", "the test says so", Artifact(path, "gguf", None), None
+    )
+
+
+@dataclass
+class Launches:
+    """The launcher the supervisor calls: a new EchoEngine per start, all kept for the test."""
+
+    delay_s: float = 0.0
+    fail_start: str | None = None
+    engines: list[EchoEngine] = field(default_factory=list)
+
+    def __call__(self, deployment: ResolvedDeployment) -> EchoEngine:
+        engine = EchoEngine(deployment.spec.name, self.delay_s, self.fail_start)
+        self.engines.append(engine)
+        return engine
+
+
+@dataclass
+class InProcessGateway:
+    base_url: str
+    app: Any
+    http: httpx.AsyncClient
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of /metrics (0 when absent)."""
+        text = (await self.http.get("/metrics")).text
+        want = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{"):
+                found = line[len(name) + 1 : line.index("}")]
+                if ",".join(sorted(found.split(","))) == want:
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(
+    deployments: list[ResolvedDeployment],
+    tmp: Path,
+    launcher: Callable[[ResolvedDeployment], EchoEngine],
+    *,
+    budget_bytes: int = 2**40,
+    estimate: int = 2**20,
+    keep_alive_s: float = -1,
+    load_timeout_s: float = 10.0,
+) -> AsyncIterator[InProcessGateway]:
+    """The real gateway app on a free loopback port, in this event loop, with no keys."""
+    access = Access(
+        Authenticator(AuthSettings(mode="none"), tmp / "keys.json"),
+        LimitSettings(),
+        None,
+        canary_history=tmp / "canary.jsonl",
+    )
+    limits = Limits(budget_bytes, keep_alive_s, load_timeout_s)
+    app = create_app(
+        deployments, ModelStore(tmp / "store"), launcher, lambda _: estimate, limits, access
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield InProcessGateway(url, app, http)
+    finally:
+        server.should_exit = True
+        await task
