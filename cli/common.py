@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
 from typer.core import TyperGroup
 
 from cellar.config import DEFAULT_CONFIG, config_path, load_config
@@ -29,6 +33,29 @@ ConfigOpt = Annotated[
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Store directory (default: from the config)")
 ]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table")]
+
+
+def print_table(table: Table) -> None:
+    """A table on a terminal is fitted to its width; piped or redirected, every cell is printed
+    whole (no ellipsis, no wrapping), however wide that makes the lines."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    Console(width=max(width, console.width), no_color=True, highlight=False).print(table)
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, exactly as `json.dumps` writes it (no markup, no wrapping)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def digest(sha256: str, keep: int = 16) -> str:
+    """A sha256 cut short for a person at a terminal; whole for a pipe or a file."""
+    return sha256[:keep] + "…" if console.is_terminal and len(sha256) > keep else sha256
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cellar.cli.common import ConfigOpt, console, err, fail
+from cellar.cli.common import ConfigOpt, JsonOpt, console, err, fail, print_json, print_table
 from cellar.config import beside, config_path, load_config
 from cellar.keys import KeyFile, default_keys_path, describe, parse_expiry
 
@@ -75,10 +75,20 @@ def create(
 
 
 @keys_app.command("list")
-def list_keys(keys_file: KeysFileOpt = None, config: ConfigOpt = None) -> None:
+def list_keys(
+    keys_file: KeysFileOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     """Every key: name, role, models, limits, state (never the key itself)."""
     path = keys_path(keys_file, config)
     records = KeyFile(path).load()
+    if as_json:
+        now = datetime.now(UTC)
+        keys = [
+            {**r.model_dump(mode="json", exclude={"salt", "hash", "kdf"}), "state": r.state(now)}
+            for r in records
+        ]
+        print_json({"keys_file": str(path), "keys": keys})
+        return
     if not records:
         console.print(f"no keys in {path}", highlight=False)
         return
@@ -89,7 +99,7 @@ def list_keys(keys_file: KeysFileOpt = None, config: ConfigOpt = None) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*row.values())
-    console.print(table)
+    print_table(table)
 
 
 @keys_app.command("revoke")

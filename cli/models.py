@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cellar.cli.common import ConfigOpt, StoreOpt, console, fail, open_store, progress_bar
+from cellar.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    StoreOpt,
+    console,
+    digest,
+    fail,
+    open_store,
+    print_json,
+    print_table,
+    progress_bar,
+)
 from cellar.config import config_path, load_config
 from cellar.errors import StoreError
 from cellar.versions import parse_ref
@@ -38,28 +49,45 @@ def import_model(
 
 
 @models_app.command("list")
-def list_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
+def list_models(store: StoreOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List every version of every model in the store, with its tags."""
     target = open_store(store, config)
-    columns = ("name", "version", "tags", "format", "size", "sha256", "created")
-    table = Table(*columns, title=f"store: {target.root}")
     tags: dict[tuple[str, int], list[str]] = {}
     for name in target.names():
         latest = target.versions(name)[-1].version
         tags.setdefault((name, latest), []).append("latest")
         for tag, number in target.refs.read(name).tags.items():
             tags.setdefault((name, number), []).append(tag)
-    for manifest in target.list():
+    manifests = target.list()
+    tags_of = {m.label: sorted(tags.get((m.name, m.version), [])) for m in manifests}
+    if as_json:
+        rows = [
+            {
+                "name": manifest.name,
+                "version": manifest.version,
+                "tags": tags_of[manifest.label],
+                "format": manifest.format,
+                "size_bytes": manifest.size,
+                "sha256": manifest.sha256,
+                "created": manifest.created.isoformat(),
+            }
+            for manifest in manifests
+        ]
+        print_json({"store": str(target.root), "models": rows})
+        return
+    columns = ("name", "version", "tags", "format", "size", "sha256", "created")
+    table = Table(*columns, title=f"store: {target.root}")
+    for manifest in manifests:
         table.add_row(
             manifest.name,
             str(manifest.version),
-            ", ".join(sorted(tags.get((manifest.name, manifest.version), []))),
+            ", ".join(tags_of[manifest.label]),
             manifest.format,
             f"{manifest.size / 1e6:.1f} MB",
-            manifest.sha256[:16] + "…",
+            digest(manifest.sha256),
             manifest.created.strftime("%Y-%m-%d %H:%M"),
         )
-    console.print(table)
+    print_table(table)
 
 
 @models_app.command("show")
@@ -107,7 +135,7 @@ def verify_models(
 
 
 @models_app.command("ps")
-def models_ps(config: ConfigOpt = None) -> None:
+def models_ps(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """What the running gateway has loaded: state, pid, memory, uptime, load, errors."""
     import httpx
 
@@ -118,6 +146,9 @@ def models_ps(config: ConfigOpt = None) -> None:
         view = httpx.get(url, timeout=10).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise fail(f"no gateway answers at {url}: {exc}") from None
+    if as_json:
+        print_json(view)
+        return
     budget = view.get("memory_budget_bytes", 0) / 2**30
     table = Table(title=f"{url} (memory budget {budget:.2f} GiB)")
     table.add_column("model", no_wrap=True)
@@ -138,7 +169,7 @@ def models_ps(config: ConfigOpt = None) -> None:
             str(m["restarts"]),
             m["error"] or "",
         )
-    console.print(table)
+    print_table(table)
 
 
 @models_app.command("convert")
@@ -150,6 +181,9 @@ def convert_model(
     ] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show llama.cpp's own log")
+    ] = False,
 ) -> None:
     """Convert a stored GGUF into a Hugging Face checkpoint (for vLLM), kept with its lineage."""
     from cellar.convert.gguf_to_hf import convert_to_hf
@@ -160,7 +194,7 @@ def convert_model(
     result = new_name or f"{parse_ref(name).name}-hf"  # NAME@prod -> a version of NAME-hf
     with console.status(f"converting {name}") as status:
         manifest = convert_to_hf(
-            target, name, result, lambda step: status.update(f"{name}: {step}")
+            target, name, result, lambda step: status.update(f"{name}: {step}"), verbose
         )
     console.print(
         f"[bold]{manifest.name}[/]: Hugging Face checkpoint of {name}, "

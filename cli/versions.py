@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from cellar.cli.common import ConfigOpt, StoreOpt, console, open_store
+from cellar.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    StoreOpt,
+    console,
+    digest,
+    open_store,
+    print_json,
+    print_table,
+)
 from cellar.config import config_path, load_config
 from cellar.gc import config_references, disk_usage, plan_gc
 from cellar.tags import history, promote, rollback, set_tag, untag
@@ -75,10 +85,14 @@ def history_model(
     name: Annotated[str, typer.Argument(help="Model name")],
     store: StoreOpt = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every version added and every tag move, oldest first, with who and why."""
     opened = open_store(store, config)
     refs = history(opened, name)
+    if as_json:
+        print_json({"name": name, **refs.model_dump(mode="json")})
+        return
     table = Table("time (UTC)", "user", "action", "tag", "from", "to", "sha256", "why")
     table.title = f"{name}: " + (
         ", ".join(f"{tag}={number}" for tag, number in sorted(refs.tags.items())) or "no tags"
@@ -91,10 +105,10 @@ def history_model(
             entry.tag or "",
             "" if entry.from_version is None else str(entry.from_version),
             "" if entry.to_version is None else str(entry.to_version),
-            (entry.sha256 or "")[:12],
+            digest(entry.sha256 or "", 12),
             entry.why,
         )
-    console.print(table)
+    print_table(table)
 
 
 def _references(config: ConfigOpt) -> list[str]:
@@ -137,11 +151,22 @@ def gc_models(
     console.print(f"removed {len(plan.remove)} version(s), freed {freed}")
 
 
-def du_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
+def du_models(store: StoreOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Disk use by model, all versions together."""
     opened = open_store(store, config)
     rows = disk_usage(opened)
     plan = plan_gc(opened, _references(config))
+    if as_json:
+        print_json(
+            {
+                "store": str(opened.root),
+                "models": [asdict(usage) for usage in rows],
+                "total_bytes": sum(u.bytes for u in rows),
+                "gc_would_free_bytes": plan.freed_bytes,
+                "gc_would_remove": [m.label for m in plan.remove],
+            }
+        )
+        return
     table = Table("model", "versions", "tags", "size", title=f"store: {opened.root}")
     for usage in rows:
         tags = ", ".join(f"{tag}={number}" for tag, number in sorted(usage.tags.items()))
@@ -149,7 +174,7 @@ def du_models(store: StoreOpt = None, config: ConfigOpt = None) -> None:
     total = sum(u.bytes for u in rows)
     table.add_section()
     table.add_row("total", str(sum(u.versions for u in rows)), "", f"{total / 2**20:,.1f} MiB")
-    console.print(table)
+    print_table(table)
     console.print(
         f"`cellar models gc` would free {plan.freed_bytes / 2**20:,.1f} MiB "
         f"({len(plan.remove)} version(s))",

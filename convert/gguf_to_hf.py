@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -47,7 +49,9 @@ def _adds_bos(gguf: Path) -> bool:
     return bool(value)
 
 
-def gguf_to_hf(gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None) -> None:
+def gguf_to_hf(
+    gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None, verbose: bool = False
+) -> None:
     """Write a Hugging Face checkpoint (config, safetensors, tokenizer) of `gguf` into `out`;
     its tokenizer adds BOS when `add_bos` (the GGUF's own setting, see `_adds_bos`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,7 +89,28 @@ def gguf_to_hf(gguf: Path, out: Path, add_bos: bool, step: Step = lambda _: None
     tokenizer.save_pretrained(out)
     _pin_bos(out / "tokenizer_config.json", add_bos)
     step("listing the end-of-generation tokens")
-    _pin_eog(out / "generation_config.json", end_of_generation(gguf))
+    with native_log(verbose):
+        eog = end_of_generation(gguf)
+    _pin_eog(out / "generation_config.json", eog)
+
+
+@contextmanager
+def native_log(verbose: bool) -> Iterator[None]:
+    """llama.cpp's C library writes a line per metadata key and tensor (`llama_model_loader:
+    ...`, `print_info: ...`) to stderr when it opens a model: keep it off the terminal unless
+    `verbose`. It writes to file descriptor 2 itself, so that is what is pointed elsewhere."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def end_of_generation(gguf: Path) -> list[int]:
@@ -124,8 +149,11 @@ def _pin_bos(path: Path, add_bos: bool) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def convert_to_hf(store: ModelStore, name: str, new_name: str, step: Step) -> Manifest:
-    """Convert the store's GGUF model `name` into an HF checkpoint stored as `new_name`.
+def convert_to_hf(
+    store: ModelStore, name: str, new_name: str, step: Step, verbose: bool = False
+) -> Manifest:
+    """Convert the store's GGUF model `name` into an HF checkpoint stored as `new_name`
+    (`verbose`: let llama.cpp's own log through to stderr).
 
     Converting the same parent again under the same name returns the existing model.
     """
@@ -149,7 +177,7 @@ def convert_to_hf(store: ModelStore, name: str, new_name: str, step: Step) -> Ma
     return store.add(
         new_name,
         "hf",
-        lambda out: gguf_to_hf(gguf, out, add_bos, step),
+        lambda out: gguf_to_hf(gguf, out, add_bos, step, verbose),
         fmt="hf",
         source=f"{METHOD_GGUF_TO_HF}:{parent.name}",
         lineage=lineage,

@@ -59,3 +59,23 @@ def test_help_on_every_command() -> None:
     for args in (["--help"], ["models", "--help"], ["serve", "--help"], ["config", "--help"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_listings_for_scripts_and_pipes(tmp_path: Path) -> None:
+    """Without a terminal, names and digests are printed whole; `--json` gives JSON."""
+    store = ["--store", str(tmp_path / "store")]
+    name = "a-model-whose-name-is-much-too-long-for-an-eighty-column-table"
+    src = fake_gguf(tmp_path / "tiny.gguf")
+    assert runner.invoke(app, ["models", "import", str(src), "--name", name, *store]).exit_code == 0
+    listed = runner.invoke(app, ["models", "list", *store])
+    [model] = json.loads(runner.invoke(app, ["models", "list", "--json", *store]).output)["models"]
+    assert model["name"] == name and model["tags"] == ["latest"]
+    assert name in listed.output and model["sha256"] in listed.output and "…" not in listed.output
+    history = json.loads(runner.invoke(app, ["models", "history", name, "--json", *store]).output)
+    assert [entry["action"] for entry in history["history"]] == ["add"]
+    du = json.loads(runner.invoke(app, ["models", "du", "--json", *store]).output)
+    assert du["models"][0]["name"] == name and du["total_bytes"] == model["size_bytes"]
+    keys = ["--keys-file", str(tmp_path / "keys.json")]
+    assert runner.invoke(app, ["keys", "create", "--name", "ops", *keys]).exit_code == 0
+    [key] = json.loads(runner.invoke(app, ["keys", "list", "--json", *keys]).output)["keys"]
+    assert key["name"] == "ops" and key["state"] == "active" and "hash" not in key
