@@ -23,7 +23,6 @@ from cellar.store import (
     sniff_format,
 )
 
-FORM_FOR_ENGINE: dict[str, Format] = {"llamacpp": "gguf-lora", "vllm": "peft"}
 _DESCRIBED = {"gguf-lora": "a GGUF adapter", "peft": "a PEFT adapter directory"}
 
 
@@ -63,10 +62,14 @@ def _forms(store: ModelStore, manifest: Manifest) -> dict[str, Manifest]:
 
 
 def resolve_adapter(
-    spec: AdapterDeployment, model: str, engine: str, store: ModelStore, base_dir: Path
+    spec: AdapterDeployment,
+    model: str,
+    engine: str,
+    wanted: Format,
+    store: ModelStore,
+    base_dir: Path,
 ) -> ResolvedAdapter:
-    """The adapter in the form `engine` needs; StoreError says why there is none."""
-    wanted = FORM_FOR_ENGINE[engine]
+    """The adapter in the form `wanted` that `engine` loads; StoreError says why there is none."""
     manifest: Manifest | None = None
     if spec.source.startswith(STORE_PREFIX):
         found = store.get(spec.source.removeprefix(STORE_PREFIX))

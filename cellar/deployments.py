@@ -20,7 +20,8 @@ from cellar.config import CellarConfig, ModelDeployment
 from cellar.errors import ConfigError, EngineChoiceError, StoreError
 from cellar.store import STORE_PREFIX, Format, Manifest, ModelStore, sniff_format
 
-EngineKind = Literal["llamacpp", "vllm"]
+EngineName = Literal["llamacpp", "vllm"]
+"""The engines there are (engines/kinds.py has one EngineKind for each)."""
 
 
 @dataclass(frozen=True)
@@ -46,16 +47,18 @@ class Artifacts:
 
 @dataclass(frozen=True)
 class EngineChoice:
-    engine: EngineKind
+    engine: EngineName
     artifact: Artifact
     reason: str
+    adapter_form: Format
+    """The store format of the LoRA adapters this engine loads."""
     mixes_adapters: bool = True
     """Whether the engine decodes requests for different LoRA adapters in one batch correctly
     (the gateway keeps them apart when not)."""
 
 
 Chooser = Callable[[ModelDeployment, Artifacts], EngineChoice]
-"""Picks the engine; raises ValueError saying why no engine can serve the model here."""
+"""Picks the engine; raises EngineChoiceError saying why no engine can serve the model here."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class ResolvedDeployment:
     """A deployment with its engine chosen, its artifact found and its chat template loaded."""
 
     spec: ModelDeployment
-    engine: EngineKind
+    engine: EngineName
     engine_reason: str
     artifact: Artifact
     chat_template: str | None
@@ -153,7 +156,11 @@ def resolve_one(
     adapters = []
     for index, adapter in enumerate(spec.adapters):
         try:
-            adapters.append(resolve_adapter(adapter, spec.name, choice.engine, store, base_dir))
+            adapters.append(
+                resolve_adapter(
+                    adapter, spec.name, choice.engine, choice.adapter_form, store, base_dir
+                )
+            )
         except StoreError as exc:
             raise ConfigError(f"{key}.adapters[{index}].source: {exc}") from None
     return ResolvedDeployment(

@@ -182,3 +182,14 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(first, int):
             return [int(t) for t in prompt if isinstance(t, int)]
         return first
+
+
+CompletionBody = ChatCompletionRequest | CompletionRequest
+"""A validated request for generated text (chat or legacy completions)."""
+
+
+def request_for(path: str, payload: dict[str, Any]) -> CompletionBody:
+    """`payload` validated as the request type of `path` (chat or legacy completions)."""
+    if path.endswith("/chat/completions"):
+        return ChatCompletionRequest.model_validate(payload)
+    return CompletionRequest.model_validate(payload)

@@ -19,6 +19,12 @@ from typing import Any, Protocol
 
 import httpx
 
+from cellar.config import ModelDeployment
+from cellar.deployments import Artifacts, EngineChoice, EngineName, ResolvedDeployment
+from cellar.hardware import Hardware
+from cellar.protocol import CompletionBody
+from cellar.store import Format
+
 
 class EngineState(StrEnum):
     STOPPED = "stopped"
@@ -66,10 +72,10 @@ class Engine(Protocol):
         """Stop the engine and free its memory (the process is gone when this returns)."""
         ...
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """The body to send this engine for an OpenAI request to `path`: engines differ in
-        how they take some features (e.g. a grammar for structured output). May raise
-        InvalidRequest."""
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        """The JSON body to send this engine for a validated OpenAI request to `path`: engines
+        differ in how they take some features (e.g. a grammar for structured output). May
+        raise InvalidRequest."""
         ...
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
@@ -80,10 +86,57 @@ class Engine(Protocol):
 class Dialect(Protocol):
     """What differs between engines that all speak OpenAI's protocol over HTTP."""
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         """See Engine.prepare."""
         ...
 
     async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
         """See Engine.load."""
+        ...
+
+
+class EngineKind(Protocol):
+    """One kind of engine (llama.cpp, vLLM), as every part of Cellar that differs by engine
+    needs it: the chooser, the launcher, the memory budget, admission, `/admin/system` and
+    adapters. Each kind is one module (`engines/<kind>/kind.py`), listed once in
+    `engines/kinds.py`; nothing else branches on an engine's name.
+
+    `choose` raises EngineChoiceError saying why the kind cannot serve a model here; the other
+    methods take a deployment this kind was chosen for and must not block on I/O for long
+    (they run on the gateway's event loop), except `launch`'s engine, which starts later.
+    """
+
+    name: EngineName
+    """The value of a deployment's `engine` key."""
+    adapter_form: Format
+    """The store format of the LoRA adapters it loads."""
+
+    def choose(
+        self, spec: ModelDeployment, artifacts: Artifacts, hardware: Hardware, why: str
+    ) -> EngineChoice:
+        """Which form of the model it would serve here, and why; or EngineChoiceError."""
+        ...
+
+    def launch(self, deployment: ResolvedDeployment, log_level: str) -> Engine:
+        """A not-yet-started engine for the deployment."""
+        ...
+
+    def memory_bytes(self, deployment: ResolvedDeployment) -> int:
+        """Estimated RAM of its worker (the memory budget counts it)."""
+        ...
+
+    def concurrency(self, deployment: ResolvedDeployment) -> int:
+        """Requests it serves at once; beyond them, the gateway queues."""
+        ...
+
+    def context_window(self, deployment: ResolvedDeployment) -> int | None:
+        """Tokens of prompt + completion one request may use; None when unknown."""
+        ...
+
+    def gpu_claims(self, deployment: ResolvedDeployment) -> dict[int, float]:
+        """Share of each NVIDIA GPU its worker reserves while loaded."""
+        ...
+
+    def version(self, deployment: ResolvedDeployment) -> str | None:
+        """The serving software and its version (`/admin/system`)."""
         ...

@@ -20,6 +20,7 @@ import httpx
 
 from cellar.engines.base import Dialect, EngineState
 from cellar.errors import EngineUnavailable
+from cellar.protocol import CompletionBody
 
 FATAL_PREFIX = "cellar-worker: fatal: "
 """A worker's last words: the line after this prefix is shown to operators and clients."""
@@ -144,8 +145,8 @@ class WorkerProcess:
             return False
         return response.status_code == 200
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return self._dialect.prepare(path, payload)
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        return self._dialect.prepare(path, request)
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         if self._state is not EngineState.READY:

@@ -25,6 +25,7 @@ import jsonschema
 
 from cellar.config_access import CanarySettings, GoldenPrompt
 from cellar.errors import ApiError
+from cellar.protocol import request_for
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
 
@@ -155,7 +156,7 @@ class Canary:
     async def _ask(self, model: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         lease = await self._supervisor.acquire(model)
         try:
-            body = lease.engine.prepare(path, payload)
+            body = lease.engine.prepare(path, request_for(path, payload))
             response = await self._http.post(lease.engine.base_url + path, json=body)
         finally:
             lease.release()

@@ -98,13 +98,13 @@ class Deployment:
             return 0.0
         return float(min(2 ** (self.failures - 2), 60))
 
-    def describe(self, engine_name: str) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         now = time.monotonic()
         spec = self.resolved.spec
         return {
             "name": self.name,
             "state": self.state.value,
-            "engine": engine_name,
+            "engine": self.resolved.engine,
             "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
             "url": self.engine.base_url if self.engine is not None and self.holds_memory else None,
             "memory_estimate_bytes": self.estimate_bytes,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from cellar.deployments import ResolvedDeployment
 from cellar.engines.base import Engine
-from cellar.engines.launch import gpu_claims
+from cellar.engines.kinds import kind_of
 from cellar.errors import ApiError, EngineUnavailable
 from cellar.server.deployment import Deployment, State
 
@@ -89,7 +89,7 @@ async def _switch(supervisor: Supervisor, deployment: Deployment, new: ResolvedD
         return "not loaded (the next request loads the new version)"
     deployment.switching = True
     try:
-        need, claims = supervisor.estimate(new), gpu_claims(new)
+        need, claims = supervisor.estimate(new), kind_of(new).gpu_claims(new)
         lacking: str | None = None
         async with supervisor.budget_lock:
             try:

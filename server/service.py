@@ -127,7 +127,7 @@ class CompletionService:
                 f"The request waited longer than allowed for model {body.model!r}."
             ) from None
         try:
-            payload = lease.engine.prepare(path, body.model_dump(exclude_unset=True, by_alias=True))
+            payload = lease.engine.prepare(path, body)
             payload["model"] = self.supervisor.worker_name(body.model)
         except BaseException:
             lease.release()

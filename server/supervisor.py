@@ -22,7 +22,7 @@ import httpx
 
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.engines.base import Engine, EngineState
-from cellar.engines.launch import context_window, default_concurrency, engine_name, gpu_claims
+from cellar.engines.kinds import kind_of
 from cellar.engines.warmup import warm_up
 from cellar.errors import CellarError, EngineUnavailable, IntegrityError, ModelNotFound, StoreError
 from cellar.server.admission import Admission
@@ -80,7 +80,8 @@ class Supervisor:
         self._deployments: dict[str, Deployment] = {}
         for resolved in deployments:
             spec = resolved.spec
-            concurrency = spec.max_concurrency or default_concurrency(resolved)
+            kind = kind_of(resolved)
+            concurrency = spec.max_concurrency or kind.concurrency(resolved)
             self._deployments[spec.name] = Deployment(
                 resolved=resolved,
                 admission=Admission(
@@ -91,8 +92,8 @@ class Supervisor:
                 ),
                 estimate_bytes=self.estimate(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
-                context_window=context_window(resolved),
-                gpu_claims=gpu_claims(resolved),
+                context_window=kind.context_window(resolved),
+                gpu_claims=kind.gpu_claims(resolved),
             )
         self._routes: dict[str, tuple[Deployment, str]] = {}
         """Every name clients may ask for -> its deployment and the name its worker serves."""
@@ -401,8 +402,9 @@ class Supervisor:
         new requests to it from now on."""
         deployment.resolved = resolved
         deployment.estimate_bytes = self.estimate(resolved)
-        deployment.context_window = context_window(resolved)
-        deployment.gpu_claims = gpu_claims(resolved)
+        kind = kind_of(resolved)
+        deployment.context_window = kind.context_window(resolved)
+        deployment.gpu_claims = kind.gpu_claims(resolved)
         deployment.failures, deployment.retry_at, deployment.error = 0, 0.0, None
         deployment.skip_sha256 = None
         if engine is not None:
@@ -557,7 +559,7 @@ class Supervisor:
         )
 
     def describe(self) -> list[dict[str, object]]:
-        return [d.describe(engine_name(d.resolved)) for d in self._deployments.values()]
+        return [d.describe() for d in self._deployments.values()]
 
     async def stop_all(self) -> None:
         if self._monitor is not None:

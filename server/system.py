@@ -6,25 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from cellar.deployments import ResolvedDeployment
-from cellar.engines.launch import engine_name
+from cellar.engines.kinds import kind_of
 from cellar.fingerprint import artifact_quantization, machine, versions
-
-
-def _engine_version(resolved: ResolvedDeployment) -> str | None:
-    if engine_name(resolved) != "vllm":
-        return versions().get("llama-cpp-python")
-    from cellar.engines.vllm.runtime import find_runtime
-
-    runtime = find_runtime(resolved.spec.vllm)
-    return runtime if isinstance(runtime, str) else runtime.describe()
 
 
 def model_facts(resolved: ResolvedDeployment) -> dict[str, Any]:
     manifest = resolved.manifest
     return {
         "name": resolved.spec.name,
-        "engine": engine_name(resolved),
-        "engine_version": _engine_version(resolved),
+        "engine": resolved.engine,
+        "engine_version": kind_of(resolved).version(resolved),
         "source": resolved.spec.source,
         "path": str(resolved.path),
         "format": resolved.artifact.format,

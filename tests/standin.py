@@ -26,6 +26,7 @@ from cellar.deployments import Artifact, ResolvedDeployment
 from cellar.engines.base import EngineState
 from cellar.engines.process import free_port
 from cellar.errors import EngineUnavailable
+from cellar.protocol import CompletionBody
 from cellar.server.app import Access, create_app
 from cellar.server.auth import Authenticator
 from cellar.server.deployment import Limits
@@ -86,8 +87,8 @@ class EchoEngine:
             self._server = None
         self.state, self.error = EngineState.FAILED, reason
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         return None

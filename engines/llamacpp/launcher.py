@@ -14,6 +14,7 @@ from cellar.config import ModelDeployment
 from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
 from cellar.engines.process import WorkerProcess, free_port
 from cellar.hardware import is_apple_silicon
+from cellar.protocol import CompletionBody
 
 
 def worker_spec(
@@ -69,8 +70,8 @@ def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
 class LlamaCppDialect:
     """Our own worker takes every feature as OpenAI does, and counts its load at /stats."""
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
         try:

@@ -15,7 +15,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from cellar.engines.grammar import grammar_for
-from cellar.protocol import ResponseFormat
+from cellar.protocol import CompletionBody
 
 _EMPTY_FIRST_ALTERNATIVE = re.compile(r"::=(\s*)\|")
 """`ws ::= | " "`: GBNF allows an empty first alternative, vLLM's grammar engine (xgrammar)
@@ -30,13 +30,13 @@ class VllmDialect:
         """Every token the model's generation ends at (llama.cpp's end-of-generation set):
         vLLM stops at the tokenizer's EOS only."""
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        if self.stop_token_ids and not payload.get("ignore_eos"):
-            payload = {**payload, "stop_token_ids": list(self.stop_token_ids)}
-        fmt = payload.get("response_format")
-        if fmt is None:
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        payload = request.model_dump(exclude_unset=True, by_alias=True)
+        if self.stop_token_ids and not request.ignore_eos:
+            payload["stop_token_ids"] = list(self.stop_token_ids)
+        if request.response_format is None:
             return payload
-        grammar = grammar_for(ResponseFormat.model_validate(fmt))
+        grammar = grammar_for(request.response_format)
         if grammar is None:
             return payload
         out = {k: v for k, v in payload.items() if k != "response_format"}

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cellar.engines.launch import engine_name
 from cellar.server.auth import health_access, metrics_access, require_admin
 from cellar.server.canary import Canary
 from cellar.server.service import CompletionService
@@ -76,13 +75,13 @@ async def admin_canary(request: Request, model: str | None = None) -> dict[str, 
 async def admin_load(name: str, request: Request) -> dict[str, Any]:
     """Load now (clearing earlier failures); answers when ready or failed."""
     deployment = await _service(request).supervisor.load(name)
-    return deployment.describe(engine_name(deployment.resolved))
+    return deployment.describe()
 
 
 @router.post("/admin/models/{name}/unload", dependencies=[Depends(require_admin)])
 async def admin_unload(name: str, request: Request) -> dict[str, Any]:
     deployment = await _service(request).supervisor.unload(name)
-    return deployment.describe(engine_name(deployment.resolved))
+    return deployment.describe()
 
 
 @router.post("/admin/models/{name}/reload", dependencies=[Depends(require_admin)])
@@ -91,4 +90,4 @@ async def admin_reload(name: str, request: Request) -> dict[str, Any]:
     of that version: started and warmed beside the old one when memory allows, else with new
     requests queued; requests already running finish on the old one. Answers when done."""
     deployment = await _service(request).supervisor.reload(name)
-    return deployment.describe(engine_name(deployment.resolved))
+    return deployment.describe()

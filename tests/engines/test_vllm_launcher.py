@@ -9,10 +9,12 @@ import pytest
 
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
-from cellar.engines.launch import context_window, default_concurrency, memory_estimate
+from cellar.engines.kinds import kind_of
+from cellar.engines.launch import memory_estimate
 from cellar.engines.vllm.dialect import VllmDialect
 from cellar.engines.vllm.launcher import server_args, worker_env
 from cellar.errors import InvalidRequest
+from cellar.protocol import request_for
 from tests.files import fake_checkpoint
 
 
@@ -91,27 +93,32 @@ def test_environment_is_offline_and_carries_placement(tmp_path: Path) -> None:
 
 def test_concurrency_context_and_memory_come_from_the_vllm_settings(tmp_path: Path) -> None:
     resolved = _resolved(tmp_path / "a", max_num_seqs=48)
-    assert default_concurrency(resolved) == 48
-    assert context_window(resolved) == 2048  # the checkpoint's max_position_embeddings
-    assert context_window(_resolved(tmp_path / "b", max_model_len=512)) == 512
+    vllm = kind_of(resolved)
+    assert vllm.concurrency(resolved) == 48
+    assert vllm.context_window(resolved) == 2048  # the checkpoint's max_position_embeddings
+    assert vllm.context_window(_resolved(tmp_path / "b", max_model_len=512)) == 512
     assert memory_estimate(resolved) > 0
 
 
 def test_response_format_becomes_the_shared_grammar() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    chat = "/v1/chat/completions"
+    messages = [{"role": "user", "content": "x"}]
     payload = {
         "model": "m",
-        "messages": [],
+        "messages": messages,
         "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
     }
-    sent = VllmDialect().prepare("/v1/chat/completions", payload)
+    sent = VllmDialect().prepare(chat, request_for(chat, payload))
     assert "response_format" not in sent
     assert "root ::=" in sent["structured_outputs"]["grammar"]
     anything = {"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}
-    grammar = VllmDialect().prepare("/v1/completions", anything)["structured_outputs"]["grammar"]
+    sent = VllmDialect().prepare("/v1/completions", request_for("/v1/completions", anything))
+    grammar = sent["structured_outputs"]["grammar"]
     assert 'ws ::= "" | " "' in grammar  # xgrammar wants the empty alternative spelled out
-    plain = {"model": "m", "messages": [], "response_format": {"type": "text"}}
-    assert VllmDialect().prepare("/v1/chat/completions", plain) == plain
+    plain = {"model": "m", "messages": messages, "response_format": {"type": "text"}}
+    assert VllmDialect().prepare(chat, request_for(chat, plain)) == plain
     bad = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"$ref": "#/x"}}}
     with pytest.raises(InvalidRequest):
-        VllmDialect().prepare("/v1/chat/completions", {"response_format": bad})
+        request = {"model": "m", "messages": messages, "response_format": bad}
+        VllmDialect().prepare(chat, request_for(chat, request))

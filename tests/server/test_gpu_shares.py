@@ -15,6 +15,7 @@ from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
 from cellar.engines.base import EngineState
 from cellar.errors import EngineUnavailable
+from cellar.protocol import CompletionBody
 from cellar.server.deployment import Limits, State
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
@@ -43,8 +44,8 @@ class StandIn:
     async def stop(self) -> None:
         self.state = EngineState.STOPPED
 
-    def prepare(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return payload
+    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         return 0, 0
