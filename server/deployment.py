@@ -1,9 +1,18 @@
-"""One deployment's state in the gateway: what runs, since when, and how it has failed."""
+"""One deployment's state machine in the gateway: what runs, since when, how it has failed.
+
+stopped -> loading -> warming -> ready -> unloading -> stopped
+loading | warming -> failed       the reason is kept; the next request retries, with backoff
+ready -> failed                   the worker died or stopped answering health checks
+failed -> loading                 a retry
+ready -> ready                    a side-by-side switch to another version's worker
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -26,8 +35,29 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+EDGES: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.LOADING}),
+    State.LOADING: frozenset({State.WARMING, State.READY, State.FAILED}),
+    State.WARMING: frozenset({State.READY, State.FAILED}),
+    # ready -> ready: a side-by-side switch moves the deployment to the new version's worker
+    State.READY: frozenset({State.READY, State.UNLOADING, State.FAILED}),
+    State.UNLOADING: frozenset({State.STOPPED}),
+    State.FAILED: frozenset({State.LOADING}),
+}
+"""The README's state diagram: every transition a deployment may make."""
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the gateway tried a transition the state diagram does not have."""
+
+
 @dataclass
 class Deployment:
+    """One deployment's state machine. Every change of its state, its engine and its failure
+    record goes through a method here, which checks the transition against EDGES, tells
+    `on_state` (the metrics) and wakes whoever waits in `wait_until`. Methods are called from
+    the event loop only; none of them blocks."""
+
     resolved: ResolvedDeployment
     admission: Admission
     estimate_bytes: int
@@ -36,6 +66,8 @@ class Deployment:
     """Prompt + completion tokens one request may use, when known before tokenizing."""
     gpu_claims: dict[int, float] = field(default_factory=dict)
     """Share of each GPU (by index) the worker reserves while loaded."""
+    on_state: Callable[[Deployment], None] = lambda _: None
+    """Called after every transition."""
     state: State = State.STOPPED
     engine: Engine | None = None
     error: str | None = None
@@ -62,6 +94,132 @@ class Deployment:
     last_switch: dict[str, Any] | None = None
     skip_sha256: str | None = None
     """A version that failed to switch in; not retried until the tag moves again."""
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    # -- transitions -----------------------------------------------------------------------
+
+    def _to(self, state: State) -> None:
+        if state not in EDGES[self.state]:
+            raise IllegalTransition(f"model {self.name!r}: {self.state} -> {state}")
+        self.state = state
+        self.on_state(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_until(self, check: Callable[[], bool]) -> None:
+        """Until `check()` holds, re-checked after every transition and released lease."""
+        while not check():
+            await self._changed.wait()
+
+    def start_loading(self, load: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """stopped | failed -> loading, running `load` (unless a load already runs)."""
+        if self.load_task is None or self.load_task.done():
+            self._to(State.LOADING)  # visible before the task first runs
+            self.error = None
+            self.load_task = asyncio.create_task(load())
+
+    def attach(self, engine: Engine) -> None:
+        """The engine being loaded (it holds memory from now on)."""
+        self.engine = engine
+
+    def warming(self) -> None:
+        self._to(State.WARMING)
+
+    def loaded(self) -> None:
+        """loading | warming -> ready: idle from now on."""
+        self.loaded_at = self.last_used = time.monotonic()
+        self.health_misses, self.crashed = 0, False
+        self._to(State.READY)
+
+    def fail(self, reason: str, *, crashed: bool) -> Engine | None:
+        """-> failed: could not load, or (`crashed`) its running worker died. Returns the
+        engine, detached, for the caller to stop."""
+        engine, self.engine = self.engine, None
+        self.restarts += int(crashed)
+        self.crashed = crashed
+        self.failures += 1
+        self.error = reason
+        self.retry_at = time.monotonic() + self.backoff_s()
+        self.loaded_at = None
+        self._to(State.FAILED)
+        return engine
+
+    def unloading(self) -> Engine | None:
+        """ready -> unloading; returns the engine to stop, then call `stopped`."""
+        self._to(State.UNLOADING)
+        return self.engine
+
+    def stopped(self) -> None:
+        """unloading -> stopped: its worker is gone."""
+        self.engine, self.loaded_at = None, None
+        self._to(State.STOPPED)
+
+    def clear_failures(self) -> None:
+        """Forget earlier failures and their backoff (an operator's load, or stable running)."""
+        self.failures, self.retry_at = 0, 0.0
+
+    def probed(self, healthy: bool) -> int:
+        """Record one health probe; the misses in a row."""
+        self.health_misses = 0 if healthy else self.health_misses + 1
+        return self.health_misses
+
+    def adopt(
+        self,
+        resolved: ResolvedDeployment,
+        estimate_bytes: int,
+        context_window: int | None,
+        gpu_claims: dict[int, float],
+        engine: Engine | None = None,
+    ) -> None:
+        """Make `resolved` this deployment's version; with `engine` (started and warm), ready
+        -> ready on it: new requests go to it from now on."""
+        self.resolved, self.estimate_bytes = resolved, estimate_bytes
+        self.context_window, self.gpu_claims = context_window, gpu_claims
+        self.clear_failures()
+        self.error, self.skip_sha256 = None, None
+        if engine is not None:
+            self.engine = engine
+            self.loaded_at = self.last_used = time.monotonic()
+            self.health_misses, self.crashed = 0, False
+            self._to(State.READY)
+
+    # -- switches (server.rollout) ---------------------------------------------------------
+
+    def begin_switch(self, record: dict[str, Any]) -> None:
+        self.last_switch, self.switching = record, True
+
+    def reserve(self, extra_bytes: int, extra_claims: dict[int, float]) -> None:
+        """Count memory held beside the engine while a switch runs two versions."""
+        self.extra_bytes, self.extra_claims = extra_bytes, extra_claims
+
+    def end_switch(self) -> None:
+        self.switching = False
+        self.reserve(0, {})
+
+    def skip(self, sha256: str | None) -> None:
+        """Do not switch to this version again until its tag moves (None: forget)."""
+        self.skip_sha256 = sha256
+
+    def pause(self) -> None:
+        """New requests wait (a switch with no room for both versions)."""
+        self.paused = asyncio.Event()
+
+    def resume(self) -> None:
+        if self.paused is not None:
+            self.paused.set()
+            self.paused = None
+
+    async def drained(self, engine: Engine, timeout_s: float) -> bool:
+        """Whether every request on `engine` finished within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.wait_until(lambda: not self.serving(engine))
+        return not self.serving(engine)
+
+    # -- views -----------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
@@ -147,6 +305,7 @@ class Lease:
         if deployment.inflight[key] <= 0:
             del deployment.inflight[key]
         deployment.admission.leave()
+        deployment._wake()  # a switch may be waiting for the engine to drain
 
 
 @dataclass(frozen=True)

@@ -21,19 +21,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cellar.deployments import ResolvedDeployment
 from cellar.engines.base import Engine
 from cellar.engines.kinds import kind_of
 from cellar.errors import ApiError, EngineUnavailable
-from cellar.server.deployment import Deployment, State
-
-if TYPE_CHECKING:
-    from cellar.server.supervisor import Supervisor
+from cellar.server.deployment import Deployment, Limits, State
 
 log = logging.getLogger("cellar.rollout")
+
+
+class Host(Protocol):
+    """What a switch needs from the supervisor that runs it (server.host.Supervisor):
+    the memory budget, and loading a version the way any load does."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def budget_lock(self) -> asyncio.Lock:
+        """Held while deciding what loads (and what is evicted) within the memory budget."""
+        ...
+
+    def estimate(self, resolved: ResolvedDeployment) -> int: ...
+
+    async def make_room(
+        self,
+        deployment: Deployment,
+        need: int | None = None,
+        claims: dict[int, float] | None = None,
+    ) -> None:
+        """Evict idle models until `need` bytes and `claims` fit beside what runs, or raise
+        EngineUnavailable saying what is missing."""
+        ...
+
+    async def verify(self, resolved: ResolvedDeployment) -> None: ...
+
+    def launch(self, resolved: ResolvedDeployment) -> Engine: ...
+
+    async def warm(
+        self, engine: Engine, resolved: ResolvedDeployment, warming: Callable[[], None]
+    ) -> None: ...
+
+    def adopt(
+        self, deployment: Deployment, resolved: ResolvedDeployment, engine: Engine | None = None
+    ) -> None:
+        """Make `resolved` the deployment's version (Deployment.adopt, sized for it)."""
+        ...
+
+    async def load_now(self, deployment: Deployment) -> bool:
+        """Load the deployment's version and wait; whether it is ready."""
+        ...
 
 
 def _sha(resolved: ResolvedDeployment) -> str | None:
@@ -41,7 +82,7 @@ def _sha(resolved: ResolvedDeployment) -> str | None:
 
 
 async def switch_version(
-    supervisor: Supervisor, deployment: Deployment, new: ResolvedDeployment, why: str
+    host: Host, deployment: Deployment, new: ResolvedDeployment, why: str
 ) -> None:
     """Move `deployment` to `new` (see the module docstring); EngineUnavailable if it failed."""
     async with deployment.switch_lock:
@@ -52,17 +93,17 @@ async def switch_version(
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
             "outcome": "running",
         }
-        deployment.last_switch = record
         started = time.monotonic()
         log.info(
             "model %r: switching %s -> %s (%s)", deployment.name, record["from"], record["to"], why
         )
+        deployment.begin_switch(record)
         try:
-            record["mode"] = await _switch(supervisor, deployment, new)
+            record["mode"] = await _switch(host, deployment, new)
         except Exception as exc:
             reason = exc.message if isinstance(exc, ApiError) else str(exc)
             record.update(outcome="failed", error=reason)
-            deployment.skip_sha256 = _sha(new)
+            deployment.skip(_sha(new))
             log.error(
                 "model %r: switching to %s failed, %s keeps serving: %s",
                 deployment.name,
@@ -71,6 +112,8 @@ async def switch_version(
                 reason,
             )
             raise EngineUnavailable(f"switching to {new.version_label} failed: {reason}") from None
+        finally:
+            deployment.end_switch()
         record.update(outcome="done", seconds=round(time.monotonic() - started, 1))
         log.info(
             "model %r: now serving %s (%s, %.1f s)",
@@ -81,69 +124,63 @@ async def switch_version(
         )
 
 
-async def _switch(supervisor: Supervisor, deployment: Deployment, new: ResolvedDeployment) -> str:
+async def _switch(host: Host, deployment: Deployment, new: ResolvedDeployment) -> str:
     if deployment.load_task is not None and not deployment.load_task.done():
         await asyncio.wait({deployment.load_task})
     if deployment.state is not State.READY or deployment.engine is None:
-        supervisor.adopt(deployment, new)
+        host.adopt(deployment, new)
         return "not loaded (the next request loads the new version)"
-    deployment.switching = True
-    try:
-        need, claims = supervisor.estimate(new), kind_of(new).gpu_claims(new)
-        lacking: str | None = None
-        async with supervisor.budget_lock:
-            try:
-                await supervisor.make_room(deployment, need, claims)
-            except EngineUnavailable as exc:
-                lacking = exc.message
-            else:
-                deployment.extra_bytes, deployment.extra_claims = need, claims
-        if lacking is None:
-            await _side_by_side(supervisor, deployment, new)
-            return "side by side"
-        log.warning(
-            "model %r: no room to run %s beside %s (%s); new requests queue in the gateway "
-            "until the switch completes",
-            deployment.name,
-            new.version_label,
-            deployment.resolved.version_label,
-            lacking,
-        )
-        await _queued(supervisor, deployment, new)
-        return "queued (no room for both versions)"
-    finally:
-        deployment.switching = False
-        deployment.extra_bytes, deployment.extra_claims = 0, {}
+    need, claims = host.estimate(new), kind_of(new).gpu_claims(new)
+    lacking: str | None = None
+    async with host.budget_lock:
+        try:
+            await host.make_room(deployment, need, claims)
+        except EngineUnavailable as exc:
+            lacking = exc.message
+        else:
+            deployment.reserve(need, claims)
+    if lacking is None:
+        await _side_by_side(host, deployment, new)
+        return "side by side"
+    log.warning(
+        "model %r: no room to run %s beside %s (%s); new requests queue in the gateway "
+        "until the switch completes",
+        deployment.name,
+        new.version_label,
+        deployment.resolved.version_label,
+        lacking,
+    )
+    await _queued(host, deployment, new)
+    return "queued (no room for both versions)"
 
 
-async def _side_by_side(
-    supervisor: Supervisor, deployment: Deployment, new: ResolvedDeployment
-) -> None:
-    await supervisor.verify(new)
-    engine = supervisor.launch(new)
+async def _side_by_side(host: Host, deployment: Deployment, new: ResolvedDeployment) -> None:
+    await host.verify(new)
+    engine = host.launch(new)
     try:
         await engine.start()
-        await supervisor.warm(engine, new, lambda: None)
+        await host.warm(engine, new, lambda: None)
     except BaseException:
         await engine.stop()
         raise
     old = deployment.engine
     assert old is not None
     old_bytes, old_claims = deployment.estimate_bytes, dict(deployment.gpu_claims)
-    supervisor.adopt(deployment, new, engine)
-    deployment.extra_bytes, deployment.extra_claims = old_bytes, old_claims  # until it stops
-    await _drain_and_stop(supervisor, deployment, old)
+    host.adopt(deployment, new, engine)
+    deployment.reserve(old_bytes, old_claims)  # until it stops
+    await _drain_and_stop(host, deployment, old)
 
 
-async def _queued(supervisor: Supervisor, deployment: Deployment, new: ResolvedDeployment) -> None:
-    old_resolved, old = deployment.resolved, deployment.engine
-    assert old is not None
-    deployment.paused = asyncio.Event()
+async def _queued(host: Host, deployment: Deployment, new: ResolvedDeployment) -> None:
+    old_resolved = deployment.resolved
+    deployment.pause()
     try:
-        await _drain_and_stop(supervisor, deployment, old)
-        deployment.engine = None
-        supervisor.adopt(deployment, new)
-        if await supervisor.load_now(deployment):
+        old = deployment.unloading()  # it drains: new requests wait for the new version
+        assert old is not None
+        await _drain_and_stop(host, deployment, old)
+        deployment.stopped()
+        host.adopt(deployment, new)
+        if await host.load_now(deployment):
             return
         failed = deployment.error or "it did not load"
         log.error(
@@ -153,19 +190,17 @@ async def _queued(supervisor: Supervisor, deployment: Deployment, new: ResolvedD
             failed,
             old_resolved.version_label,
         )
-        supervisor.adopt(deployment, old_resolved)
-        await supervisor.load_now(deployment)
+        host.adopt(deployment, old_resolved)
+        await host.load_now(deployment)
         raise EngineUnavailable(failed)
     finally:
-        deployment.paused.set()
-        deployment.paused = None
+        deployment.resume()
 
 
-async def _drain_and_stop(supervisor: Supervisor, deployment: Deployment, old: Engine) -> None:
+async def _drain_and_stop(host: Host, deployment: Deployment, old: Engine) -> None:
     """Let the requests on `old` finish (up to server.drain_timeout), then stop it."""
     pid = old.pid
     try:
-        deadline = time.monotonic() + supervisor.limits.drain_timeout_s
         if deployment.serving(old):
             log.info(
                 "model %r: %d request(s) still running on the old worker (pid %s)",
@@ -173,15 +208,13 @@ async def _drain_and_stop(supervisor: Supervisor, deployment: Deployment, old: E
                 deployment.serving(old),
                 pid,
             )
-        while deployment.serving(old) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if deployment.serving(old):
+        if not await deployment.drained(old, host.limits.drain_timeout_s):
             log.warning(
                 "model %r: stopping the old worker with %d request(s) still running "
                 "(server.drain_timeout %g s)",
                 deployment.name,
                 deployment.serving(old),
-                supervisor.limits.drain_timeout_s,
+                host.limits.drain_timeout_s,
             )
     finally:
         await old.stop()

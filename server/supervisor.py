@@ -94,6 +94,7 @@ class Supervisor:
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
                 context_window=kind.context_window(resolved),
                 gpu_claims=kind.gpu_claims(resolved),
+                on_state=self._state_metric,
             )
         self._routes: dict[str, tuple[Deployment, str]] = {}
         """Every name clients may ask for -> its deployment and the name its worker serves."""
@@ -181,8 +182,7 @@ class Supervisor:
                     f"{self._limits.load_timeout_s:g} s; retry later"
                 ) from None
         self._notice_crash(deployment)
-        while deployment.state is State.UNLOADING:
-            await asyncio.sleep(0.05)
+        await deployment.wait_until(lambda: deployment.state is not State.UNLOADING)
         if deployment.state is State.READY and deployment.engine is not None:
             return deployment.engine
         if deployment.load_task is None or deployment.load_task.done():
@@ -221,25 +221,20 @@ class Supervisor:
     # -- loading and unloading -------------------------------------------------------------
 
     def _begin_load(self, deployment: Deployment) -> None:
-        if deployment.load_task is None or deployment.load_task.done():
-            self._set_state(deployment, State.LOADING)  # visible before the task first runs
-            deployment.load_task = asyncio.create_task(self._load(deployment))
+        deployment.start_loading(lambda: self._load(deployment))
 
     async def _load(self, deployment: Deployment) -> None:
         """Run only through `_begin_load`, which has set the state to loading."""
         started = time.monotonic()
-        deployment.error = None
         spec = deployment.resolved.spec
         try:
             await self.verify(deployment.resolved)
             async with self.budget_lock:
                 await self.make_room(deployment)
                 engine = self._launcher(deployment.resolved)
-                deployment.engine = engine
+                deployment.attach(engine)
                 await engine.start()
-            await self.warm(
-                engine, deployment.resolved, lambda: self._set_state(deployment, State.WARMING)
-            )
+            await self.warm(engine, deployment.resolved, deployment.warming)
         except IntegrityError as exc:
             await self._fail(deployment, f"refused to load: {exc}")
         except EngineUnavailable as exc:
@@ -248,10 +243,7 @@ class Supervisor:
             log.exception("loading %r failed", spec.name)
             await self._fail(deployment, f"loading failed: {exc}")
         else:
-            deployment.loaded_at = deployment.last_used = time.monotonic()  # idle from now on
-            deployment.health_misses = 0
-            deployment.crashed = False
-            self._set_state(deployment, State.READY)
+            deployment.loaded()
             self._metrics.load_duration.labels(spec.name).observe(time.monotonic() - started)
             log.info(
                 "model %r is ready at %s (%.1f s)",
@@ -284,14 +276,9 @@ class Supervisor:
             )
 
     async def _fail(self, deployment: Deployment, reason: str) -> None:
-        if deployment.engine is not None:
-            await deployment.engine.stop()
-            deployment.engine = None
-        deployment.error = reason
-        deployment.failures += 1
-        deployment.retry_at = time.monotonic() + deployment.backoff_s()
-        deployment.loaded_at = None
-        self._set_state(deployment, State.FAILED)
+        engine = deployment.fail(reason, crashed=False)
+        if engine is not None:
+            await engine.stop()
         log.error("model %r is unavailable: %s", deployment.name, reason)
 
     async def make_room(
@@ -358,18 +345,15 @@ class Supervisor:
 
     async def _unload(self, deployment: Deployment, why: str) -> None:
         log.info("unloading model %r: %s", deployment.name, why)
-        self._set_state(deployment, State.UNLOADING)
-        if deployment.engine is not None:
-            await deployment.engine.stop()
-        deployment.engine = None
-        deployment.loaded_at = None
-        self._set_state(deployment, State.STOPPED)
+        engine = deployment.unloading()
+        if engine is not None:
+            await engine.stop()
+        deployment.stopped()
 
     async def load(self, name: str) -> Deployment:
         """Admin: load now (clearing earlier failures) and wait until ready or failed."""
         deployment = self.get(name)
-        deployment.failures = 0
-        deployment.retry_at = 0.0
+        deployment.clear_failures()
         with contextlib.suppress(EngineUnavailable):
             await self._ready(deployment)
         return deployment
@@ -400,18 +384,14 @@ class Supervisor:
     ) -> None:
         """Make `resolved` the deployment's version; with `engine` (started and warm), route
         new requests to it from now on."""
-        deployment.resolved = resolved
-        deployment.estimate_bytes = self.estimate(resolved)
         kind = kind_of(resolved)
-        deployment.context_window = kind.context_window(resolved)
-        deployment.gpu_claims = kind.gpu_claims(resolved)
-        deployment.failures, deployment.retry_at, deployment.error = 0, 0.0, None
-        deployment.skip_sha256 = None
-        if engine is not None:
-            deployment.engine = engine
-            deployment.loaded_at = deployment.last_used = time.monotonic()
-            deployment.health_misses, deployment.crashed = 0, False
-            self._set_state(deployment, State.READY)
+        deployment.adopt(
+            resolved,
+            self.estimate(resolved),
+            kind.context_window(resolved),
+            kind.gpu_claims(resolved),
+            engine,
+        )
 
     async def load_now(self, deployment: Deployment) -> bool:
         """Load the deployment's version and wait; whether it is ready."""
@@ -462,7 +442,7 @@ class Supervisor:
             await switch_version(self, deployment, new, why)
         except CellarError as exc:
             log.error("model %r: not switched (%s): %s", deployment.name, why, exc.message)
-            deployment.skip_sha256 = sha256  # until the tag moves again
+            deployment.skip(sha256)  # until the tag moves again
 
     # -- watching --------------------------------------------------------------------------
 
@@ -472,16 +452,9 @@ class Supervisor:
             self._crashed(deployment, engine.error or "the worker died")
 
     def _crashed(self, deployment: Deployment, reason: str) -> None:
-        deployment.crashed = True
-        deployment.restarts += 1
-        deployment.failures += 1
-        deployment.error = reason
-        deployment.retry_at = time.monotonic() + deployment.backoff_s()
-        deployment.loaded_at = None
+        engine = deployment.fail(reason, crashed=True)
         self._metrics.restarts.labels(deployment.name).inc()
-        self._set_state(deployment, State.FAILED)
         log.error("model %r crashed: %s", deployment.name, reason)
-        engine, deployment.engine = deployment.engine, None
         if engine is not None:
             asyncio.get_running_loop().create_task(engine.stop())
 
@@ -516,7 +489,7 @@ class Supervisor:
 
     async def _check_ready(self, deployment: Deployment, now: float, probe: bool) -> None:
         if deployment.loaded_at and now - deployment.loaded_at > STABLE_AFTER_S:
-            deployment.failures = 0
+            deployment.clear_failures()
         idle_for = now - deployment.last_used
         keep = deployment.keep_alive_s
         if keep >= 0 and not deployment.busy and idle_for > keep:
@@ -528,14 +501,14 @@ class Supervisor:
             return
         if probe and deployment.engine is not None:
             healthy = await deployment.engine.health()
-            deployment.health_misses = 0 if healthy else deployment.health_misses + 1
-            if deployment.health_misses >= HEALTH_MISSES:
+            if deployment.probed(healthy) >= HEALTH_MISSES:
                 self._crashed(deployment, "the worker stopped answering its health checks")
 
-    def _set_state(self, deployment: Deployment, state: State) -> None:
-        deployment.state = state
+    def _state_metric(self, deployment: Deployment) -> None:
         for each in State:
-            self._metrics.model_state.labels(deployment.name, each.value).set(each is state)
+            self._metrics.model_state.labels(deployment.name, each.value).set(
+                each is deployment.state
+            )
 
     # -- views -----------------------------------------------------------------------------
 

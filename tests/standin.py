@@ -22,7 +22,7 @@ import uvicorn
 from cellar.benchmarks.suite.echo import Echo
 from cellar.config import ModelDeployment
 from cellar.config_access import AuthSettings, LimitSettings
-from cellar.deployments import Artifact, ResolvedDeployment
+from cellar.deployments import Artifact, ResolvedDeployment, Resolver
 from cellar.engines.base import EngineState
 from cellar.engines.process import free_port
 from cellar.errors import EngineUnavailable
@@ -148,6 +148,7 @@ async def serve_gateway(
     estimate: int = 2**20,
     keep_alive_s: float = -1,
     load_timeout_s: float = 10.0,
+    resolver: Resolver | None = None,
 ) -> AsyncIterator[InProcessGateway]:
     """The real gateway app on a free loopback port, in this event loop, with no keys."""
     access = Access(
@@ -157,9 +158,8 @@ async def serve_gateway(
         canary_history=tmp / "canary.jsonl",
     )
     limits = Limits(budget_bytes, keep_alive_s, load_timeout_s)
-    app = create_app(
-        deployments, ModelStore(tmp / "store"), launcher, lambda _: estimate, limits, access
-    )
+    store = ModelStore(tmp / "store")
+    app = create_app(deployments, store, launcher, lambda _: estimate, limits, access, resolver)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())

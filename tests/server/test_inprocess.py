@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cellar.deployments import ResolvedDeployment
 from tests.standin import Launches, resolved, serve_gateway
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 4}
@@ -109,3 +110,45 @@ def test_loading_a_model_evicts_the_least_recently_used_idle_one(tmp_path: Path)
             assert states == {"a": "stopped", "b": "ready"}
 
     asyncio.run(scenario())
+
+
+def _switch_scenario(tmp_path: Path, budget_bytes: int) -> dict[str, object]:
+    """Reload `m` to another file while a request runs on the first worker; returns the
+    switch record after checking that no request failed and the old worker stopped."""
+
+    async def scenario() -> dict[str, object]:
+        launches = Launches(delay_s=0.5)
+        first = resolved("m", tmp_path)
+        second = resolved("m2", tmp_path)  # another file: another version of the model
+        again = ResolvedDeployment(first.spec, "llamacpp", "test", second.artifact, None)
+        async with serve_gateway(
+            [first], tmp_path, launches, budget_bytes=budget_bytes, resolver=lambda _: again
+        ) as gw:
+            assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
+            running = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
+            await _until(lambda: launches.engines[0].echo.completions == 2)
+            reload = asyncio.create_task(gw.http.post("/admin/models/m/reload"))
+            await _until(lambda: len(launches.engines) == 2)
+            during = await gw.http.post("/v1/completions", json=BODY)
+            assert during.status_code == 200 and (await running).status_code == 200
+            described = (await reload).json()
+            assert described["path"] == str(second.path) and described["state"] == "ready"
+            assert launches.engines[1].echo.completions == 1  # the request sent during it
+            assert launches.engines[0]._server is None  # the old worker stopped
+            assert await gw.metric("cellar:requests_total", model_name="m", status="200") == 3
+            record = described["last_switch"]
+            assert isinstance(record, dict) and record["outcome"] == "done"
+            return record
+
+    return asyncio.run(scenario())
+
+
+def test_a_switch_with_room_for_both_runs_them_side_by_side(tmp_path: Path) -> None:
+    assert _switch_scenario(tmp_path, budget_bytes=2**30)["mode"] == "side by side"
+
+
+def test_a_switch_without_room_queues_new_requests_until_the_new_version_is_up(
+    tmp_path: Path,
+) -> None:
+    record = _switch_scenario(tmp_path, budget_bytes=3 * 2**19)
+    assert record["mode"] == "queued (no room for both versions)"
