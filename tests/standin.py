@@ -41,6 +41,8 @@ class EchoEngine:
     name: str
     delay_s: float = 0.0
     fail_start: str | None = None
+    fail_after: int | None = None
+    """Completions after this many fail in turn: a 503, an error event, a dropped stream."""
     state: EngineState = EngineState.STOPPED
     error: str | None = None
     echo: Echo = field(init=False)
@@ -48,7 +50,7 @@ class EchoEngine:
     _port: int = 0
 
     def __post_init__(self) -> None:
-        self.echo = Echo(None, self.delay_s)
+        self.echo = Echo(self.fail_after, self.delay_s)
 
     @property
     def pid(self) -> int | None:
@@ -112,10 +114,12 @@ class Launches:
 
     delay_s: float = 0.0
     fail_start: str | None = None
+    fail_after: int | None = None
     engines: list[EchoEngine] = field(default_factory=list)
 
     def __call__(self, deployment: ResolvedDeployment) -> EchoEngine:
-        engine = EchoEngine(deployment.spec.name, self.delay_s, self.fail_start)
+        name = deployment.spec.name
+        engine = EchoEngine(name, self.delay_s, self.fail_start, self.fail_after)
         self.engines.append(engine)
         return engine
 

@@ -152,3 +152,23 @@ def test_a_switch_without_room_queues_new_requests_until_the_new_version_is_up(
 ) -> None:
     record = _switch_scenario(tmp_path, budget_bytes=3 * 2**19)
     assert record["mode"] == "queued (no room for both versions)"
+
+
+def test_worker_failures_reach_the_client_in_one_shape_and_are_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches(fail_after=0)  # a 503, then an error event, then a dropped stream
+        async with serve_gateway([resolved("m", tmp_path)], tmp_path, launches) as gw:
+            refused = await gw.http.post("/v1/completions", json=BODY)
+            error = refused.json()["error"]
+            assert refused.status_code == 502 and error["code"] == "engine_error"
+            assert "overloaded" in error["message"] and "param" in error
+            stream = {**BODY, "stream": True}
+            relayed = (await gw.http.post("/v1/completions", json=stream)).text
+            assert "worker_crashed" in relayed and relayed.endswith("data: [DONE]\n\n")
+            dropped = (await gw.http.post("/v1/completions", json=stream)).text
+            assert "engine_error" in dropped and dropped.endswith("data: [DONE]\n\n")
+            labels = {"model_name": "m"}
+            assert await gw.metric("cellar:requests_total", status="502", **labels) == 2
+            assert await gw.metric("cellar:requests_total", status="200", **labels) == 1
+
+    asyncio.run(scenario())
