@@ -1,11 +1,8 @@
 """The lifecycle of every deployment: load on demand, warm up, unload when idle, keep the total
 under the memory budget, restart after crashes.
 
-States (server.deployment.State):
-    stopped -> loading -> warming -> ready -> unloading -> stopped
-    loading | warming -> failed       (the reason is kept; the next request retries, with backoff)
-    ready -> failed                   (the worker died or stopped answering health checks)
-A request takes a turn from the model's Admission first, then waits (bounded) for the model to
+Each deployment's states and transitions are its own (server.deployment.Deployment); the
+supervisor decides when they happen. A request takes a turn from the model's Admission first, then waits (bounded) for the model to
 be ready; concurrent requests share one load. Load and unload decisions that touch the memory
 budget are serialized by one lock.
 """
