@@ -2,9 +2,9 @@
 under the memory budget, restart after crashes.
 
 Each deployment's states and transitions are its own (server.deployment.Deployment); the
-supervisor decides when they happen. A request takes a turn from the model's Admission first, then waits (bounded) for the model to
-be ready; concurrent requests share one load. Load and unload decisions that touch the memory
-budget are serialized by one lock.
+supervisor decides when they happen. A request takes a turn from the model's Admission first,
+then waits (bounded) for the model to be ready; concurrent requests share one load. Load and
+unload decisions that touch the memory budget (server.budget) are serialized by one lock.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cellar.engines.kinds import kind_of
 from cellar.engines.warmup import warm_up
 from cellar.errors import CellarError, EngineUnavailable, IntegrityError, ModelNotFound, StoreError
 from cellar.server.admission import Admission
+from cellar.server.budget import make_room
 from cellar.server.deployment import (
     MAX_CONSECUTIVE_FAILURES,
     Deployment,
@@ -48,10 +49,6 @@ HEALTH_EVERY_S = 5.0
 HEALTH_MISSES = 3
 STABLE_AFTER_S = 60.0
 """A model ready this long forgets its earlier failures (and their backoff)."""
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 class Supervisor:
@@ -284,61 +281,9 @@ class Supervisor:
         need: int | None = None,
         claims: dict[int, float] | None = None,
     ) -> None:
-        """Evict idle models, least recently used first, until `deployment` fits the memory
-        budget and every GPU it claims has room for its share. With `need` and `claims`: room
-        for another version of it beside the one it runs (server.rollout)."""
-        beside = need is not None
-        budget = self._limits.budget_bytes
-        need = deployment.estimate_bytes if need is None else need
-        claims = deployment.gpu_claims if claims is None else claims
-        if need > budget:
-            raise EngineUnavailable(
-                f"model {deployment.name!r} needs about {_gib(need)}, more than the whole "
-                f"memory budget of {_gib(budget)} (server.memory_budget)"
-            )
-        others = [d for d in self._deployments.values() if beside or d is not deployment]
-        while (shortage := self._shortage(need, claims, others)) is not None:
-            what, relieves = shortage
-            idle = [
-                d
-                for d in others
-                if d.state is State.READY
-                and not d.busy
-                and not d.switching
-                and d is not deployment
-                and relieves(d)
-            ]
-            if not idle:
-                holders = ", ".join(d.name for d in others if d.held_bytes and relieves(d))
-                raise EngineUnavailable(
-                    f"model {deployment.name!r} needs {what}, and the models holding the rest "
-                    f"are busy ({holders}); retry later"
-                )
-            victim = min(idle, key=lambda d: d.last_used)
-            await self._unload(victim, f"evicted to make room for {deployment.name!r}")
-
-    def _shortage(
-        self, need: int, claims: dict[int, float], others: list[Deployment]
-    ) -> tuple[str, Callable[[Deployment], bool]] | None:
-        """What a model needing `need` bytes and `claims` lacks to load now, and which loaded
-        models would free it."""
-        budget = self._limits.budget_bytes
-        used = sum(d.held_bytes for d in others)
-        if used + need > budget:
-            free = _gib(max(budget - used, 0))
-            return (
-                f"about {_gib(need)} but only {free} of the {_gib(budget)} memory budget is free",
-                lambda d: True,
-            )
-        for device, share in sorted(claims.items()):
-            taken = sum(d.held_share(device) for d in others)
-            if taken + share > 1.0 + 1e-9:
-                return (
-                    f"{share:.0%} of GPU {device} (vllm.gpu_memory_utilization) but "
-                    f"{taken:.0%} of it is taken",
-                    lambda d, device=device: device in d.gpu_claims,
-                )
-        return None
+        """See server.budget.make_room (hold `budget_lock`)."""
+        others = list(self._deployments.values())
+        await make_room(self._limits.budget_bytes, others, deployment, self._unload, need, claims)
 
     async def _unload(self, deployment: Deployment, why: str) -> None:
         log.info("unloading model %r: %s", deployment.name, why)
