@@ -172,3 +172,27 @@ def test_worker_failures_reach_the_client_in_one_shape_and_are_counted(tmp_path:
             assert await gw.metric("cellar:requests_total", status="200", **labels) == 1
 
     asyncio.run(scenario())
+
+
+def test_beyond_the_queue_requests_get_429_and_are_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        launches = Launches(delay_s=0.5)
+        deployment = resolved("m", tmp_path, max_concurrency=1, max_queue=1)
+        async with serve_gateway([deployment], tmp_path, launches) as gw:
+            first = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
+            await _until(
+                lambda: bool(launches.engines) and launches.engines[0].echo.completions == 1
+            )
+            queued = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
+            await _until(
+                lambda: gw.app.state.completions.supervisor.get("m").admission.waiting == 1
+            )
+            refused = await gw.http.post("/v1/completions", json=BODY)
+            assert refused.status_code == 429 and refused.headers["Retry-After"]
+            assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+            assert [(await t).status_code for t in (first, queued)] == [200, 200]
+            labels = {"model_name": "m"}
+            assert await gw.metric("cellar:requests_total", status="429", **labels) == 1
+            assert await gw.metric("cellar:requests_total", status="200", **labels) == 2
+
+    asyncio.run(scenario())
