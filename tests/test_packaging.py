@@ -5,6 +5,7 @@ directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,11 +28,26 @@ DECOY = "open({marker!r}, 'a').write(__name__ + '\\n')\n"
 """A decoy package that records being imported."""
 
 
+def _source(tmp: Path) -> Path:
+    """The project's packaging files and packages, without the checkout's build/ leftovers
+    (stale modules there would end up in the wheel)."""
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    parts = [path.name for path in (REPO / "cellar").iterdir() if path.is_symlink()]
+    for name in ("cellar", *parts):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO / name, source / name, symlinks=True, ignore=ignore)
+    return source
+
+
 def _build_and_install(tmp: Path) -> Path:
     wheels = tmp / "wheels"
     pip = [sys.executable, "-m", "pip", "-q"]
+    source = _source(tmp)
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
         timeout=600,
