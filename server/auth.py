@@ -65,6 +65,9 @@ class Authenticator:
         self._records: dict[str, KeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked: dict[str, bytes] = {}
+        self._sealed = settings.mode == "keys"
+        """Keys have been required: from then on a missing or empty key file refuses every
+        caller instead of opening the gateway (`auth.mode: auto`)."""
         try:
             self._reload()
         except KeysError as exc:
@@ -74,7 +77,7 @@ class Authenticator:
     def required(self) -> bool:
         if self.settings.mode == "none":
             return False
-        return self.settings.mode == "keys" or bool(self._records)
+        return self._sealed or bool(self._records)
 
     @property
     def has_keys(self) -> bool:
@@ -92,7 +95,15 @@ class Authenticator:
         self._records = {r.id: r for r in records}
         self._checked.clear()
         self._stamp = stamp
-        log.info("API keys: %d in %s", len(records), self.path)
+        if records:
+            self._sealed = self.settings.mode != "none"
+            log.info("API keys: %d in %s", len(records), self.path)
+        elif self._sealed:
+            log.error(
+                "API keys: %s is %s; every request is refused until it holds keys again",
+                self.path,
+                "missing" if stamp is None else "empty",
+            )
 
     def refresh(self) -> None:
         """Pick up changes to the key file; a broken file keeps the keys loaded before."""

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -153,10 +153,12 @@ async def serve_gateway(
     keep_alive_s: float = -1,
     load_timeout_s: float = 10.0,
     resolver: Resolver | None = None,
+    auth_mode: Literal["auto", "keys", "none"] = "none",
 ) -> AsyncIterator[InProcessGateway]:
-    """The real gateway app on a free loopback port, in this event loop, with no keys."""
+    """The real gateway app on a free loopback port, in this event loop; its key file is
+    `tmp/keys.json` (no keys are asked for unless `auth_mode` says so)."""
     access = Access(
-        Authenticator(AuthSettings(mode="none"), tmp / "keys.json"),
+        Authenticator(AuthSettings(mode=auth_mode), tmp / "keys.json"),
         LimitSettings(),
         None,
         canary_history=tmp / "canary.jsonl",
