@@ -27,7 +27,9 @@ import io
 import json
 import os
 import platform
+import posixpath
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -40,12 +42,14 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
 from cellar import __version__
 from cellar.convert.llamacpp_tools import install, llama_cpp_version
 from cellar.errors import ToolError
 from cellar.gc import FORMS_OF_ONE
 from cellar.hashing import copy_tree_hashing, files_under
-from cellar.store import MANIFEST, Manifest, ModelStore
+from cellar.store import MANIFEST, Manifest, ModelStore, plain_name
 from cellar.tags import set_tag
 from cellar.versions import parse_ref, rollback_target
 
@@ -293,20 +297,57 @@ def _read_index(text: bytes, where: str) -> dict[str, Any]:
     return index
 
 
+def member_name(raw: str, where: Path) -> str:
+    """A name inside a bundle, normalised (`./bundle.json` is `bundle.json`), or BundleError
+    when it is absolute or climbs out of the bundle."""
+    name = posixpath.normpath(raw.replace("\\", "/"))
+    if raw.startswith("/") or name == ".." or name.startswith("../") or "\0" in raw:
+        raise BundleError(f"{where}: {raw!r} points outside the bundle; nothing was imported")
+    return name
+
+
+def _refused(where: Path, name: str, kind: str) -> BundleError:
+    return BundleError(
+        f"{where}: {name} is a {kind}; a bundle holds only regular files and directories, "
+        "so nothing was imported"
+    )
+
+
+def _dir_entries(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
+    for folder, dirs, files in os.walk(path):  # does not follow symlinked directories
+        for entry in sorted([*dirs, *files]):
+            full = Path(folder, entry)
+            name = full.relative_to(path).as_posix()
+            mode = full.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise _refused(path, name, "symbolic link")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise _refused(path, name, "device, FIFO or socket")
+        for entry in sorted(files):
+            full = Path(folder, entry)
+            with full.open("rb") as opened:
+                yield full.relative_to(path).as_posix(), opened
+
+
 def _entries(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
-    """Every file of a bundle (tar or unpacked directory): its name inside, and a reader."""
+    """Every file of a bundle (tar or unpacked directory): its normalised name inside, and a
+    reader. Links, devices and FIFOs are refused, as are names that leave the bundle."""
     if path.is_dir():
-        for file in files_under(path):
-            with file.open("rb") as opened:
-                yield file.relative_to(path).as_posix(), opened
+        yield from _dir_entries(path)
         return
     try:
         with tarfile.open(path) as archive:
             for member in archive:
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    yield member.name, handle
+                name = member_name(member.name, path)
+                if member.isdir():
+                    continue
+                if member.issym() or member.islnk():
+                    raise _refused(path, member.name, "link")
+                if not member.isfile():
+                    raise _refused(path, member.name, "device, FIFO or special file")
+                handle = archive.extractfile(member)
+                assert handle is not None
+                yield name, handle
     except (tarfile.TarError, EOFError) as exc:
         raise BundleError(f"{path}: not a readable bundle (tar): {exc}") from None
 
@@ -361,8 +402,11 @@ def import_bundle(path: Path, store: ModelStore, say: Say, why: str = "") -> lis
     with _unpacked(path, store) as root:
         done, local = [], {}
         for entry in index["models"]:
-            folder = root / "models" / entry["dir"]
-            manifest = Manifest.model_validate_json((folder / MANIFEST).read_text("utf-8"))
+            folder = root / "models" / plain_name(str(entry["dir"]), "model directory")
+            try:
+                manifest = Manifest.model_validate_json((folder / MANIFEST).read_text("utf-8"))
+            except (OSError, ValidationError) as exc:
+                raise BundleError(f"models/{entry['dir']}/{MANIFEST}: {exc}") from None
             same = [m for m in store.versions(manifest.name) if m.sha256 == manifest.sha256]
             if same:
                 local[manifest.sha256] = same[0]
@@ -410,7 +454,14 @@ def _unpacked(path: Path, store: ModelStore) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix=".bundle.", dir=store.root))
     try:
         with tarfile.open(path) as archive:
-            wanted = [m for m in archive.getmembers() if m.name.startswith(("models/", "sdist/"))]
+            wanted = [
+                m
+                for m in archive.getmembers()
+                if member_name(m.name, path).startswith(("models/", "sdist/"))
+                and (m.isfile() or m.isdir())  # verify_bundle refused anything else already
+            ]
+            # The names were checked above; the `data` filter is a second fence, not the only
+            # one (Python 3.11 before 3.11.13 has known bypasses of it).
             archive.extractall(work, members=wanted, filter="data")
         yield work
     finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cellar.config import ENV_STORE, CellarConfig
 from cellar.errors import IntegrityError, StoreError
@@ -68,6 +68,15 @@ class Manifest(BaseModel):
     version: int = Field(1, ge=1, description="Numbered from 1 per name; never reused.")
     format: Format
     file: str = Field(description="File (GGUF) or directory (HF) inside the model's directory.")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file(cls, value: str) -> str:
+        try:
+            return plain_name(value, "artifact name")
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+
     size: int = Field(description="Bytes, all files together.")
     sha256: str
     source: str = Field(description="Where the model was imported from, or what made it.")
@@ -118,6 +127,14 @@ class ImportResult:
     manifest: Manifest
     created: bool
     """False when identical bytes were already stored under that name (as any version)."""
+
+
+def plain_name(name: str, what: str) -> str:
+    """`name` when it is one plain path component (no separator, not `.`/`..`, no NUL): a
+    name taken from input that must stay inside the directory it is joined to."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise StoreError(f"invalid {what} {name!r}: it must be a single plain file name")
+    return name
 
 
 def check_name(name: str) -> str:
@@ -280,6 +297,7 @@ class ModelStore:
         directory, then renamed into place. A failure or Ctrl-C leaves nothing behind.
         """
         check_name(name)
+        plain_name(artifact, "artifact name")  # the last line of defence for every caller
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
         try:
