@@ -38,7 +38,7 @@ async def cold_and_warm(
     base_url: str, model: str, prompts: list[str], max_tokens: int, runs: int = 3
 ) -> tuple[float, float]:
     """TTFT of the very first request on a fresh engine, and the median TTFT after warm-up."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False) as client:
         cold = await time_to_first_token(client, base_url, model, prompts[0], max_tokens)
         for prompt in prompts:
             await time_to_first_token(client, base_url, model, prompt, max_tokens)

@@ -57,7 +57,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
         pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=timeout, limits=pool) as client:
+        # Loopback calls to workers (warm-up, canary, load) never go through an HTTP proxy.
+        async with httpx.AsyncClient(timeout=timeout, limits=pool, trust_env=False) as client:
             metrics = Metrics()
             supervisor = Supervisor(
                 deployments, store, launcher, estimator, limits, metrics, client, resolver

@@ -175,7 +175,7 @@ async def serve_gateway(
         await asyncio.sleep(0.01)
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
             yield InProcessGateway(url, app, http)
     finally:
         server.should_exit = True
