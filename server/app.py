@@ -89,6 +89,7 @@ def create_app(
 
     app = FastAPI(title="Cellar", version=__version__, lifespan=lifespan)
     app.state.auth = access.auth
+    app.state.audit = access.audit
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=access.limits.max_body)
     app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal

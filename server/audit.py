@@ -10,21 +10,14 @@ Files rotate by size and age; the oldest rotated files beyond `keep` are deleted
 from __future__ import annotations
 
 import json
-import logging
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cellar.auditlog import rotated_files
-from cellar.config_access import AuditSettings
-
-log = logging.getLogger("cellar.audit")
+from cellar.server.auditwriter import AuditLog
 
 AUDITED = ("/v1/", "/admin/")
 _ERROR_BODY_MAX = 8192
@@ -45,68 +38,6 @@ class AuditEntry:
     error: str | None = None
     prompt: Any = None
     response: str | None = None
-
-
-class AuditLog:
-    """Appends lines from a background thread; rotates by size and age."""
-
-    def __init__(self, settings: AuditSettings, path: Path) -> None:
-        self.settings = settings
-        self.path = path
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._opened = self._age_origin()
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
-
-    def _age_origin(self) -> float:
-        try:
-            with self.path.open("rb") as handle:
-                first = handle.readline()
-            return datetime.fromisoformat(json.loads(first)["time"]).timestamp()
-        except (OSError, ValueError, KeyError):
-            return time.time()
-
-    def write(self, line: dict[str, Any]) -> None:
-        self._queue.put(line)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        handle = self.path.open("a", encoding="utf-8")
-        try:
-            while True:
-                line = self._queue.get()
-                if line is None:
-                    return
-                if self._due(handle.tell()):
-                    handle.close()
-                    self._rotate()
-                    handle = self.path.open("a", encoding="utf-8")
-                handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
-                if self._queue.empty():
-                    handle.flush()
-        except OSError as exc:
-            log.error("audit log %s: %s; audit lines are being lost", self.path, exc)
-        finally:
-            handle.close()
-
-    def _due(self, size: int) -> bool:
-        if size == 0:
-            self._opened = time.time()
-            return False
-        too_old = time.time() - self._opened >= self.settings.max_age
-        return size >= self.settings.max_bytes or too_old
-
-    def _rotate(self) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        self.path.rename(self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
-        self._opened = time.time()
-        rotated = sorted(p for p in rotated_files(self.path) if p != self.path)
-        for old in rotated[: max(0, len(rotated) - self.settings.keep)]:
-            old.unlink(missing_ok=True)
 
 
 def _error_code(body: bytes) -> str | None:

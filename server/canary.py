@@ -13,6 +13,7 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -200,15 +201,18 @@ class Canary:
         try:
             response = await self._http.post(self.settings.webhook, json=body, timeout=10)
             response.raise_for_status()
+        except httpx.HTTPStatusError as exc:  # the URL is a secret: never logged
+            log.error("canary webhook failed: HTTP %d", exc.response.status_code)
         except httpx.HTTPError as exc:
-            log.error("canary webhook %s failed: %s", self.settings.webhook, exc)
+            log.error("canary webhook failed: %s", type(exc).__name__)
 
     def _append(self, results: list[Result]) -> None:
         if not results:
             return
         self._history.parent.mkdir(parents=True, exist_ok=True)
         new = not self._history.exists()
-        with self._history.open("a", newline="", encoding="utf-8") as handle:
+        fd = os.open(self._history, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with os.fdopen(fd, "a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
             if new:
                 writer.writeheader()

@@ -123,12 +123,24 @@ class Metrics:
             labels,
             registry=self.registry,
         )
+        self._audit_counted = 0
+        self.audit_lines_dropped = Counter(
+            "cellar:audit_lines_dropped",
+            "Audit lines lost: the disk refused them, or the writer's queue was full.",
+            registry=self.registry,
+        )
         self.canary_last_run = Gauge(
             "cellar:canary_last_run_timestamp_seconds",
             "When the model's canary last ran (Unix time).",
             labels,
             registry=self.registry,
         )
+
+    def audit_dropped(self, total: int) -> None:
+        """Bring `cellar:audit_lines_dropped_total` up to the audit writer's own count."""
+        if total > self._audit_counted:
+            self.audit_lines_dropped.inc(total - self._audit_counted)
+            self._audit_counted = total
 
     def outcome(self, model: str, started: float) -> Outcome:
         """The one place a request is counted: see Outcome."""

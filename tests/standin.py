@@ -28,6 +28,7 @@ from cellar.engines.process import free_port
 from cellar.errors import EngineUnavailable
 from cellar.protocol import CompletionBody
 from cellar.server.app import Access, create_app
+from cellar.server.auditwriter import AuditLog
 from cellar.server.auth import Authenticator
 from cellar.server.deployment import Limits
 from cellar.store import ModelStore
@@ -135,6 +136,8 @@ class InProcessGateway:
         text = (await self.http.get("/metrics")).text
         want = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
         for line in text.splitlines():
+            if not labels and line.startswith(f"{name} "):
+                return float(line.rsplit(" ", 1)[1])
             if line.startswith(f"{name}{{"):
                 found = line[len(name) + 1 : line.index("}")]
                 if ",".join(sorted(found.split(","))) == want:
@@ -154,13 +157,14 @@ async def serve_gateway(
     load_timeout_s: float = 10.0,
     resolver: Resolver | None = None,
     auth_mode: Literal["auto", "keys", "none"] = "none",
+    audit: AuditLog | None = None,
 ) -> AsyncIterator[InProcessGateway]:
     """The real gateway app on a free loopback port, in this event loop; its key file is
     `tmp/keys.json` (no keys are asked for unless `auth_mode` says so)."""
     access = Access(
         Authenticator(AuthSettings(mode=auth_mode), tmp / "keys.json"),
         LimitSettings(),
-        None,
+        audit,
         canary_history=tmp / "canary.jsonl",
     )
     limits = Limits(budget_bytes, keep_alive_s, load_timeout_s)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from cellar.server.auditwriter import AuditLog
 from cellar.server.auth import health_access, metrics_access, require_admin
 from cellar.server.canary import Canary
 from cellar.server.service import CompletionService
@@ -34,14 +35,27 @@ async def ready(request: Request) -> JSONResponse:
     """200 only when every preloaded model is loaded and warmed up."""
     supervisor = _service(request).supervisor
     ok = supervisor.all_preloaded_ready()
-    body = {"status": "ready" if ok else "not_ready", "models": supervisor.describe()}
+    audit = _audit(request)
+    status = "ready" if ok else "not_ready"
+    if ok and audit.get("error"):
+        status = "degraded"  # serving, but audit lines are being lost
+    body = {"status": status, "models": supervisor.describe(), "audit": audit}
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _audit(request: Request) -> dict[str, Any]:
+    """The audit writer's health: lines lost so far, and why while it cannot write."""
+    audit: AuditLog | None = request.app.state.audit
+    if audit is None:
+        return {"enabled": False}
+    return {"enabled": True, "dropped": audit.dropped, "error": audit.error}
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     service = _service(request)
     await service.supervisor.refresh_load(request.app.state.http)
+    service.metrics.audit_dropped(_audit(request).get("dropped", 0))
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -56,7 +70,7 @@ async def admin_system(request: Request) -> dict[str, Any]:
     """The machine, the serving software and each model's artifact (for benchmark records)."""
     supervisor = _service(request).supervisor
     resolved = [supervisor.get(name).resolved for name in supervisor.names]
-    return await asyncio.to_thread(system_report, resolved)
+    return {**await asyncio.to_thread(system_report, resolved), "audit": _audit(request)}
 
 
 @router.post("/admin/canary", dependencies=[Depends(require_admin)])
