@@ -57,6 +57,13 @@ class ServerSettings(Strict):
         "old version may take before its worker is stopped anyway.",
     )
     tls: TlsSettings | None = Field(None, description="Serve HTTPS with this certificate.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (no port) the gateway answers to besides localhost, 127.0.0.1, "
+        "::1 and `host`; `*` answers any (behind a proxy that checks Host itself). Others get "
+        "400: a web page in a browser on this machine cannot reach the gateway under its own "
+        "domain (DNS rebinding).",
+    )
 
 
 class StoreSettings(Strict):

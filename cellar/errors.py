@@ -71,6 +71,12 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class HostNotAllowed(InvalidRequest):
+    """The request's Host header is not one this server answers to (400; DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
 class ModelNotFound(ApiError):
     """No deployment serves the requested `model` (404)."""
 

@@ -21,6 +21,7 @@ from cellar.server.auth import Authenticator
 from cellar.server.bodylimit import BodyLimit
 from cellar.server.canary import Canary
 from cellar.server.deployment import Limits
+from cellar.server.hosts import LOOPBACK_NAMES, HostCheck
 from cellar.server.metrics import Metrics
 from cellar.server.proxy import Proxy, new_session
 from cellar.server.routes import openai, ops
@@ -40,6 +41,8 @@ class Access:
     log_content: bool = False
     canary: CanarySettings = field(default_factory=CanarySettings)
     canary_history: Path = field(default_factory=default_canary_history)
+    hosts: frozenset[str] | None = LOOPBACK_NAMES
+    """Host names answered (`server.allowed_hosts` and loopback); None: any."""
 
 
 def create_app(
@@ -92,6 +95,7 @@ def create_app(
     app.state.audit = access.audit
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=access.limits.max_body)
+    app.add_middleware(HostCheck, allowed=access.hosts)
     app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal
     app.include_router(openai.router)
     app.include_router(ops.router)

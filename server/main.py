@@ -19,6 +19,7 @@ from cellar.server.app import Access, create_app
 from cellar.server.audit import AuditLog
 from cellar.server.auth import Authenticator
 from cellar.server.deployment import Limits
+from cellar.server.hosts import allowed_hosts
 from cellar.store import store_for
 
 log = logging.getLogger("cellar.server")
@@ -65,7 +66,10 @@ def access_of(config: CellarConfig, config_file: Path) -> Access:
             " (with prompt and response text)" if config.audit.log_content else "",
         )
     history = beside(config_file, config.canary.history) or default_canary_history()
-    return Access(auth, config.limits, audit, config.audit.log_content, config.canary, history)
+    hosts = allowed_hosts(config.server.host, config.server.allowed_hosts)
+    return Access(
+        auth, config.limits, audit, config.audit.log_content, config.canary, history, hosts
+    )
 
 
 def tls_of(config: CellarConfig, config_file: Path) -> dict[str, str]:
