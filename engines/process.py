@@ -25,6 +25,8 @@ from cellar.protocol import CompletionBody
 FATAL_PREFIX = "cellar-worker: fatal: "
 """A worker's last words: the line after this prefix is shown to operators and clients."""
 
+LOG_LINE_MAX = 8192
+"""Bytes of one worker log line that are kept."""
 _LOG_TAIL = 40
 _POLL_S = 0.2
 _STOP_GRACE_S = 10.0
@@ -104,17 +106,32 @@ class WorkerProcess:
         ]
 
     async def _pump_logs(self, proc: asyncio.subprocess.Process) -> None:
+        """Read the worker's output to its end, whatever it writes: a line longer than
+        LOG_LINE_MAX is logged cut short (a reader that stopped would fill the pipe and block
+        the worker)."""
         assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            self._tail.append(line)
-            if line.startswith(FATAL_PREFIX):
-                self._fatal = line.removeprefix(FATAL_PREFIX)
-                self._log.error("%s", self._fatal)
-            else:
-                self._log.info("%s", line)
+        pending = b""
+        while chunk := await proc.stdout.read(1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                self._log_line(raw)
+            if len(pending) > LOG_LINE_MAX:
+                self._log_line(pending)
+                pending = b""
+        self._log_line(pending)
+
+    def _log_line(self, raw: bytes) -> None:
+        line = raw[:LOG_LINE_MAX].decode("utf-8", "replace").rstrip()
+        if not line:
+            return
+        if len(raw) > LOG_LINE_MAX:
+            line += f" ... ({len(raw)} bytes)"
+        self._tail.append(line)
+        if line.startswith(FATAL_PREFIX):
+            self._fatal = line.removeprefix(FATAL_PREFIX)
+            self._log.error("%s", self._fatal)
+        else:
+            self._log.info("%s", line)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
