@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from cellar.child import python_module
@@ -19,6 +18,7 @@ from cellar.deployments import ResolvedDeployment
 from cellar.engines.process import WorkerProcess, free_port
 from cellar.engines.vllm.dialect import VllmDialect
 from cellar.engines.vllm.runtime import interpreter
+from cellar.rundir import private_dir, write_private
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 HOST = "127.0.0.1"
@@ -35,15 +35,11 @@ OFFLINE_ENV = {
 
 
 def template_file(text: str) -> Path:
-    """A file holding a chat template (vLLM takes a path); one per distinct template."""
-    folder = Path(tempfile.gettempdir()) / f"cellar-templates-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jinja"
-    if not path.is_file():
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(path)
-    return path
+    """A file holding a chat template (vLLM takes a path), in this user's private directory,
+    written afresh at every launch (a file found there is never trusted)."""
+    data = text.encode()
+    name = f"{hashlib.sha256(data).hexdigest()[:16]}.jinja"
+    return write_private(private_dir("templates"), name, data)
 
 
 def server_args(deployment: ResolvedDeployment, port: int, log_level: str) -> list[str]:
