@@ -57,6 +57,12 @@ class ServerSettings(Strict):
         "old version may take before its worker is stopped anyway.",
     )
     tls: TlsSettings | None = Field(None, description="Serve HTTPS with this certificate.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto "
+        "are believed (the audit log's `client` then names the real caller). Empty: those "
+        "headers are ignored from everyone, loopback included.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names (no port) the gateway answers to besides localhost, 127.0.0.1, "

@@ -121,5 +121,9 @@ def serve(config_file: Path) -> None:
         port=config.server.port,
         log_level=level,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-* only from the proxies the config names (uvicorn trusts loopback by
+        # default, so any local user could forge the audit log's client address).
+        proxy_headers=bool(config.server.trusted_proxies),
+        forwarded_allow_ips=config.server.trusted_proxies or None,
         **tls,  # type: ignore[arg-type]
     )
