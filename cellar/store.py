@@ -342,8 +342,10 @@ class ModelStore:
     def remove(self, manifest: Manifest) -> None:
         """Delete one version (garbage collection): it vanishes at once, then is freed."""
         target = self.dir_of(manifest)
-        doomed = self.root / f".removing.{target.name}"
-        os.rename(target, doomed)
+        for leftover in self.root.glob(".removing.*"):  # from a removal cut short
+            shutil.rmtree(leftover, ignore_errors=True)
+        doomed = Path(tempfile.mkdtemp(prefix=f".removing.{target.name}.", dir=self.root))
+        os.rename(target, doomed / target.name)
         shutil.rmtree(doomed)
 
     def children(self, sha256: str) -> builtins.list[Manifest]:

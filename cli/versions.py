@@ -14,6 +14,7 @@ from cellar.cli.common import (
     StoreOpt,
     console,
     digest,
+    fail,
     open_store,
     print_json,
     print_table,
@@ -123,11 +124,20 @@ def gc_models(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
     store: StoreOpt = None,
     config: ConfigOpt = None,
+    no_config: Annotated[
+        bool,
+        typer.Option("--no-config", help="No deployment pins a version (there is no config)"),
+    ] = False,
 ) -> None:
     """Remove versions that no tag, rollback or deployment of the config references (the
     latest version of every model always stays)."""
     opened = open_store(store, config)
-    plan = plan_gc(opened, _references(config))
+    if not no_config and config is None and not config_path(None).is_file():
+        raise fail(
+            f"no config at {config_path(None)}, so gc cannot tell which versions deployments "
+            "pin; pass --config FILE, or --no-config if no deployment uses this store"
+        )
+    plan = plan_gc(opened, [] if no_config else _references(config))
     if not plan.remove:
         console.print(f"nothing to remove; {len(plan.keep)} version(s) in use")
         return
