@@ -90,7 +90,15 @@ def create_app(
                 if access.audit is not None:
                     access.audit.close()
 
-    app = FastAPI(title="Cellar", version=__version__, lifespan=lifespan)
+    # No /docs or /redoc (they load their scripts from a CDN); /openapi.json is an admin route.
+    app = FastAPI(
+        title="Cellar",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.auth = access.auth
     app.state.audit = access.audit
     install_error_handlers(app)

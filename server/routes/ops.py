@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from cellar.errors import InvalidApiKey, PermissionDenied
 from cellar.server.auditwriter import AuditLog
 from cellar.server.auth import health_access, metrics_access, require_admin
 from cellar.server.canary import Canary
@@ -39,8 +40,19 @@ async def ready(request: Request) -> JSONResponse:
     status = "ready" if ok else "not_ready"
     if ok and audit.get("error"):
         status = "degraded"  # serving, but audit lines are being lost
-    body = {"status": status, "models": supervisor.describe(), "audit": audit}
+    models = supervisor.describe()
+    body: dict[str, Any] = {"status": status, "models": models, "audit": audit}
+    if not await _is_admin(request):  # no paths, digests, pids or error text for anyone else
+        body = {"status": status, "models": [{k: m[k] for k in ("name", "state")} for m in models]}
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def _is_admin(request: Request) -> bool:
+    try:
+        await require_admin(request)
+    except (InvalidApiKey, PermissionDenied):
+        return False
+    return True
 
 
 def _audit(request: Request) -> dict[str, Any]:
@@ -49,6 +61,13 @@ def _audit(request: Request) -> dict[str, Any]:
     if audit is None:
         return {"enabled": False}
     return {"enabled": True, "dropped": audit.dropped, "error": audit.error}
+
+
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_admin)])
+async def openapi(request: Request) -> dict[str, Any]:
+    """The API's schema lists every model: admins only."""
+    schema: dict[str, Any] = request.app.openapi()
+    return schema
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_access)])
