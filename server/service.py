@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from cellar.errors import ApiError, ContextLengthExceeded, RequestTimeout
+from cellar.engines.base import Engine
+from cellar.engines.grammar import BUILD_TIMEOUT_S, check_format, needs_building
+from cellar.errors import ApiError, ContextLengthExceeded, InvalidRequest, RequestTimeout
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.server.audit import AuditEntry
 from cellar.server.auth import OPEN, Principal
@@ -79,6 +82,7 @@ class CompletionService:
         outcome = self.metrics.outcome(body.model, started)
         try:
             body.check_supported()
+            check_format(body.response_format)  # a schema bomb is refused before it queues
             apply_token_cap(body, deployment.resolved.spec.max_tokens)
             check_room(body, deployment.context_window)
             grant = self.limiter.admit(principal, estimate_tokens(body))
@@ -101,6 +105,21 @@ class CompletionService:
             outcome.finish(response.status_code)
         response.headers.update(grant.headers)
         return response
+
+    @staticmethod
+    async def _prepare(engine: Engine, path: str, body: Body) -> dict[str, Any]:
+        """The engine's body for the request; a grammar is built off the event loop."""
+        if not needs_building(body.response_format):
+            return engine.prepare(path, body)
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(engine.prepare, path, body), BUILD_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise InvalidRequest(
+                f"building the grammar of this response_format took over {BUILD_TIMEOUT_S:g} s",
+                param="response_format",
+            ) from None
 
     def _tap(self, entry: AuditEntry | None, grant: Grant) -> Tap:
         def settle(usage: dict[str, object]) -> None:
@@ -127,7 +146,7 @@ class CompletionService:
                 f"The request waited longer than allowed for model {body.model!r}."
             ) from None
         try:
-            payload = lease.engine.prepare(path, body)
+            payload = await self._prepare(lease.engine, path, body)
             payload["model"] = self.supervisor.worker_name(body.model)
         except BaseException:
             lease.release()

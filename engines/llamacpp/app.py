@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cellar.engines.grammar import grammar_for
+from cellar.engines.grammar import grammar_off_loop
 from cellar.engines.llamacpp.grammar import check_grammar
 from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
 from cellar.engines.llamacpp.model import Loaded
@@ -88,7 +88,7 @@ class WorkerService:
     ) -> Response:
         param = "messages" if kind == "chat" else "prompt"
         budget = self.model.completion_budget(len(prompt), requested, param)
-        grammar = grammar_for(body.response_format)
+        grammar = await grammar_off_loop(body.response_format)
         if grammar is not None:
             check_grammar(self.vocab, grammar)
         adapter = body.model if body.model in self.adapters else None
