@@ -45,10 +45,16 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from cellar import __version__
-from cellar.convert.llamacpp_tools import install, llama_cpp_version
+from cellar.convert.llamacpp_tools import (
+    PUBLISHED_SDISTS,
+    STAMP,
+    install,
+    llama_cpp_version,
+    tools_dir,
+)
 from cellar.errors import ToolError
 from cellar.gc import FORMS_OF_ONE
-from cellar.hashing import copy_tree_hashing, files_under
+from cellar.hashing import copy_tree_hashing, files_under, sha256_file
 from cellar.store import MANIFEST, Manifest, ModelStore, plain_name
 from cellar.tags import set_tag
 from cellar.versions import parse_ref, rollback_target
@@ -435,13 +441,27 @@ def import_bundle(path: Path, store: ModelStore, say: Say, why: str = "") -> lis
 
 
 def _install_converters(sources: Path) -> str:
-    """llama.cpp's converters from the bundle's llama-cpp-python source package, when it
-    matches the installed llama-cpp-python (for `cellar quantize` and `cellar finetune`)."""
-    sdist = sources / f"llama_cpp_python-{llama_cpp_version()}.tar.gz"
+    """llama.cpp's converters from the bundle's llama-cpp-python source package, when it is
+    the one published for the installed llama-cpp-python (they run on the next quantize,
+    convert or finetune, so a bundle cannot bring its own)."""
+    version = llama_cpp_version()
+    sdist = sources / f"llama_cpp_python-{version}.tar.gz"
     if not sdist.is_file():
         return f"llama.cpp converters not installed: no {sdist.name} in the bundle"
-    where, _ = install(sdist)
-    return f"llama.cpp converters: {where}"
+    sha, published = sha256_file(sdist), PUBLISHED_SDISTS.get(version)
+    if sha != published:
+        known = f"the published one is {published}" if published else "none is known"
+        return (
+            f"llama.cpp converters NOT installed: {sdist.name} has sha256 {sha}, and {known} "
+            "for this version; the converters installed before are kept"
+        )
+    stamp = tools_dir() / STAMP
+    before = stamp.read_text().strip() if stamp.is_file() else None
+    where, written = install(sdist)
+    if not written:
+        return f"llama.cpp converters: {where} (already these)"
+    replaced = f", replacing those from {before}" if before else ""
+    return f"llama.cpp converters: {where} (from sdist {sha}{replaced})"
 
 
 @contextlib.contextmanager

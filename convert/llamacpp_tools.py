@@ -32,6 +32,11 @@ WANTED = (
 )
 """Paths under the sdist's vendor/llama.cpp/ that are unpacked."""
 STAMP = ".source-sha256"
+PUBLISHED_SDISTS = {
+    "0.3.36": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+}
+"""sha256 of llama-cpp-python's source package on PyPI, by version: converters that come from
+elsewhere (a bundle) are installed only from exactly that package."""
 
 
 class ToolsMissing(StoreError):
