@@ -31,6 +31,7 @@ import llama_cpp
 import yaml
 
 from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+from cellar.engines.process import free_port
 
 MODEL_NAME = "bench-model"
 TOPICS = [
@@ -60,14 +61,6 @@ class Level:
     @property
     def mean_ttft(self) -> float:
         return statistics.mean(self.ttfts)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
@@ -221,12 +214,12 @@ def run(model: Path, levels: list[int], rounds: int, max_tokens: int, threads: i
     vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     with tempfile.TemporaryDirectory(prefix="cellar-bench-") as tmp:
         work = Path(tmp)
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         config = cellar_config(model, threads, max(levels), work, port)
         with spawn_gateway(config, work / "cellar.log", base):
             results = _levels("cellar", base, levels, rounds, max_tokens, vocab)
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         argv = baseline_server(model, threads, port)
         with _running(argv, base + "/v1/models", work / "llama-cpp-python.log"):

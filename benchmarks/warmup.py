@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from cellar.benchmarks.batching import _free_port
 from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+from cellar.engines.process import free_port
 from cellar.engines.warmup import time_to_first_token
 
 PROMPTS = [
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for warm in (True, False):
             firsts, steadies = [], []
             for _ in range(args.rounds):
-                port = _free_port()
+                port = free_port()
                 base = f"http://127.0.0.1:{port}"
                 config = _config(args.model, warm, port, work)
                 with spawn_gateway(config, work / "gateway.log", base):

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
 from cellar.config import format_loc
 from cellar.errors import ApiError, EngineFailed, InvalidRequest, NotFound
@@ -37,6 +38,18 @@ def sse_event(payload: dict[str, Any]) -> bytes:
         + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         + (b"\n\n")
     )
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """The OpenAI-shaped error as a whole ASGI response, for middleware below FastAPI."""
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers().items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(error: ApiError) -> JSONResponse:

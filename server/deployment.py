@@ -129,7 +129,8 @@ class Deployment:
         self._to(State.WARMING)
 
     def loaded(self) -> None:
-        """loading | warming -> ready: idle from now on."""
+        """loading | warming -> ready (ready -> ready: a switch's new worker); idle from now
+        on."""
         self.loaded_at = self.last_used = time.monotonic()
         self.health_misses, self.crashed = 0, False
         self._to(State.READY)
@@ -182,9 +183,7 @@ class Deployment:
         self.error, self.skip_sha256 = None, None
         if engine is not None:
             self.engine = engine
-            self.loaded_at = self.last_used = time.monotonic()
-            self.health_misses, self.crashed = 0, False
-            self._to(State.READY)
+            self.loaded()
 
     # -- switches (server.rollout) ---------------------------------------------------------
 

@@ -9,11 +9,10 @@ tools) is answered: browsers always send one.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cellar.errors import HostNotAllowed
+from cellar.web import send_error
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
@@ -55,10 +54,4 @@ class HostCheck:
             f"This server does not answer to the host {name!r}; add it to server.allowed_hosts "
             "if clients are meant to reach it by that name."
         )
-        body = json.dumps(error.body()).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error)

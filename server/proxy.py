@@ -106,7 +106,6 @@ class Call:
     path: str
     payload: dict[str, Any]
     client_wants_usage: bool
-    started: float
     outcome: Outcome
     """Counts the request; the proxy finishes it only for a stream it relays to the end."""
     on_done: Callable[[], None]
@@ -243,7 +242,7 @@ class Proxy:
                             done = True
                             continue
                         if first:
-                            ttft = time.monotonic() - call.started
+                            ttft = time.monotonic() - call.outcome.started
                             self._metrics.ttft.labels(call.model).observe(ttft)
                             call.tap.first_event(ttft)
                             first = False

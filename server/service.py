@@ -158,7 +158,6 @@ class CompletionService:
             path=path,
             payload=payload,
             client_wants_usage=body.wants_usage_in_stream(),
-            started=outcome.started,
             outcome=outcome,
             on_done=lease.release,
             tap=tap,

@@ -84,6 +84,11 @@ class EchoEngine:
         if self.state is not EngineState.FAILED:
             self.state = EngineState.STOPPED
 
+    @property
+    def running(self) -> bool:
+        """Its endpoint listens (started and not stopped or crashed)."""
+        return self._server is not None
+
     def crash(self, reason: str = "killed by the test") -> None:
         if self._server is not None:
             self._server.close()
@@ -107,6 +112,15 @@ def resolved(name: str, tmp: Path, **spec: Any) -> ResolvedDeployment:
     return ResolvedDeployment(
         deployment, "llamacpp", "the test says so", Artifact(path, "gguf", None), None
     )
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait, in the test's event loop, until `check()` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.02)
 
 
 @dataclass

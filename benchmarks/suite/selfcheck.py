@@ -20,22 +20,17 @@ from cellar.benchmarks.suite.record import Level, SelfCheck
 from cellar.benchmarks.suite.runner import LevelPlan, run_level
 from cellar.benchmarks.suite.workload import Prompt, Workload
 from cellar.child import python_module
+from cellar.engines.process import free_port
 
 ECHO_TOKENS = 16
 _START_TIMEOUT_S = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def echo_endpoint(fail_after: int | None = None) -> Iterator[str]:
     """The echo endpoint in its own process (so it does not share the generator's CPU time);
     yields its base URL."""
-    port = _free_port()
+    port = free_port()
     argv = python_module("cellar.benchmarks.suite.echo", "--port", str(port))
     if fail_after is not None:
         argv += ["--fail-after", str(fail_after)]

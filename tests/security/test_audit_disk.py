@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from cellar.config_access import AuditSettings
 from cellar.server.auditwriter import RETRY_S, AuditLog
-from tests.standin import Launches, resolved, serve_gateway
+from tests.standin import Launches, resolved, serve_gateway, until
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 4}
-
-
-async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 def test_a_full_disk_loses_counted_lines_and_writing_resumes(tmp_path: Path) -> None:
@@ -34,7 +26,7 @@ def test_a_full_disk_loses_counted_lines_and_writing_resumes(tmp_path: Path) -> 
         async with serve_gateway(models, tmp_path, Launches(), audit=audit) as gw:
             for _ in range(3):
                 assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
-            await _until(lambda: audit.dropped >= 3)
+            await until(lambda: audit.dropped >= 3)
             ready = (await gw.http.get("/health/ready")).json()
             assert ready["status"] == "degraded" and ready["audit"]["dropped"] >= 3
             assert "No space left" in ready["audit"]["error"]
@@ -42,7 +34,7 @@ def test_a_full_disk_loses_counted_lines_and_writing_resumes(tmp_path: Path) -> 
             path.unlink()  # space returns
             await asyncio.sleep(RETRY_S + 0.1)
             assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
-            await _until(lambda: path.is_file() and path.stat().st_size > 0 and not audit.error)
+            await until(lambda: path.is_file() and path.stat().st_size > 0 and not audit.error)
             assert (await gw.http.get("/health/ready")).json()["status"] == "ready"
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         assert lines and lines[0]["path"] == "/v1/completions"

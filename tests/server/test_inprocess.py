@@ -7,24 +7,15 @@ Each test drives the supervisor, admission, proxy or metrics over real HTTP in a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cellar.deployments import ResolvedDeployment
-from tests.standin import Launches, resolved, serve_gateway
+from tests.standin import Launches, resolved, serve_gateway, until
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 4}
-
-
-async def _until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.02)
 
 
 def test_a_client_that_leaves_while_queued_is_counted_as_499(tmp_path: Path) -> None:
@@ -33,7 +24,7 @@ def test_a_client_that_leaves_while_queued_is_counted_as_499(tmp_path: Path) -> 
         deployment = resolved("m", tmp_path, max_concurrency=1, max_queue=4)
         async with serve_gateway([deployment], tmp_path, launches) as gw:
             first = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
-            await _until(
+            await until(
                 lambda: bool(launches.engines) and launches.engines[0].echo.completions == 1
             )
             with pytest.raises(httpx.ReadTimeout):  # queued behind the first, then gone
@@ -91,7 +82,7 @@ def test_an_idle_model_is_unloaded(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.05)
             assert await state() == "stopped"
-            assert launches.engines[0]._server is None
+            assert not launches.engines[0].running
 
     asyncio.run(scenario())
 
@@ -126,15 +117,15 @@ def _switch_scenario(tmp_path: Path, budget_bytes: int) -> dict[str, object]:
         ) as gw:
             assert (await gw.http.post("/v1/completions", json=BODY)).status_code == 200
             running = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
-            await _until(lambda: launches.engines[0].echo.completions == 2)
+            await until(lambda: launches.engines[0].echo.completions == 2)
             reload = asyncio.create_task(gw.http.post("/admin/models/m/reload"))
-            await _until(lambda: len(launches.engines) == 2)
+            await until(lambda: len(launches.engines) == 2)
             during = await gw.http.post("/v1/completions", json=BODY)
             assert during.status_code == 200 and (await running).status_code == 200
             described = (await reload).json()
             assert described["path"] == str(second.path) and described["state"] == "ready"
             assert launches.engines[1].echo.completions == 1  # the request sent during it
-            assert launches.engines[0]._server is None  # the old worker stopped
+            assert not launches.engines[0].running  # the old worker stopped
             assert await gw.metric("cellar:requests_total", model_name="m", status="200") == 3
             record = described["last_switch"]
             assert isinstance(record, dict) and record["outcome"] == "done"
@@ -180,13 +171,11 @@ def test_beyond_the_queue_requests_get_429_and_are_counted(tmp_path: Path) -> No
         deployment = resolved("m", tmp_path, max_concurrency=1, max_queue=1)
         async with serve_gateway([deployment], tmp_path, launches) as gw:
             first = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
-            await _until(
+            await until(
                 lambda: bool(launches.engines) and launches.engines[0].echo.completions == 1
             )
             queued = asyncio.create_task(gw.http.post("/v1/completions", json=BODY))
-            await _until(
-                lambda: gw.app.state.completions.supervisor.get("m").admission.waiting == 1
-            )
+            await until(lambda: gw.app.state.completions.supervisor.get("m").admission.waiting == 1)
             refused = await gw.http.post("/v1/completions", json=BODY)
             assert refused.status_code == 429 and refused.headers["Retry-After"]
             assert refused.json()["error"]["code"] == "rate_limit_exceeded"
