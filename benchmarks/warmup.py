@@ -55,10 +55,9 @@ def _config(model: Path, warm: bool, port: int, work: Path) -> Path:
 
 
 async def _first_and_steady(base_url: str, steady: int) -> tuple[float, float]:
-    async with httpx.AsyncClient(timeout=300) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=300) as client:
         ttfts = [
-            await time_to_first_token(client, base_url, "m", prompt, 8)
-            for prompt in PROMPTS[: steady + 1]
+            await time_to_first_token(client, "m", prompt, 8) for prompt in PROMPTS[: steady + 1]
         ]
     return ttfts[0], statistics.median(ttfts[1:])
 

@@ -4,12 +4,17 @@ Never a predictable name in /tmp: another local user could create it first, or p
 it. The directory is `<user cache>/cellar/run/<purpose>` (`$XDG_CACHE_HOME` honoured), created
 0700, and refused unless it is a real directory owned by this user that nobody else can write
 or read.
+Worker sockets live apart, in a directory of their own per gateway process (`socket_path`).
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -44,3 +49,26 @@ def write_private(folder: Path, name: str, data: bytes) -> Path:
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+_SUN_PATH_MAX = 100
+"""Bytes of a Unix socket's path that every platform accepts (Linux 108, macOS 104)."""
+_sockets: Path | None = None
+_launches = itertools.count(1)
+
+
+def socket_path() -> Path:
+    """A fresh Unix socket path for one worker launch, in this process's socket directory.
+
+    The directory is made once per process by `mkdtemp` (mode 0700, a random name created
+    atomically, so no other user can own it, enter it or bind there first) in the temporary
+    directory, or in /tmp when that path is too long for a socket; it is removed at exit.
+    """
+    global _sockets
+    if _sockets is None:
+        base = tempfile.gettempdir()
+        if len(base) > _SUN_PATH_MAX - 40:
+            base = "/tmp"
+        _sockets = Path(tempfile.mkdtemp(prefix="cellar-", dir=base))
+        atexit.register(shutil.rmtree, _sockets, True)
+    return _sockets / f"w{next(_launches)}.sock"

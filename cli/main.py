@@ -87,7 +87,7 @@ def warmup(
         try:
             await engine.wait_ready(deployment.spec.startup_timeout_s)
             return await cold_and_warm(
-                engine.base_url, model, prompts, deployment.spec.warmup.max_tokens
+                engine.channel.http, model, prompts, deployment.spec.warmup.max_tokens
             )
         finally:
             await engine.stop()

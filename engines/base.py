@@ -1,7 +1,8 @@
 """The gateway's whole view of an engine: one small Protocol.
 
-An engine is a worker process (or a remote server) that speaks the OpenAI HTTP protocol at
-`base_url`. The gateway never runs model code itself; it starts, watches and stops engines.
+An engine is a worker process (or a remote server) that speaks the OpenAI HTTP protocol over its
+`channel`, which only the gateway can use (engines/channel.py). The gateway never runs model
+code itself; it starts, watches and stops engines.
 
 States:
     stopped  -> start() -> starting -> (loaded) -> ready
@@ -9,7 +10,7 @@ States:
     ready    -> failed   the process died while serving
     any      -> stop()   -> stopped
 Concurrency: `start` and `stop` are not called concurrently for one engine (the supervisor
-serializes them per deployment). `state`, `error`, `base_url` and `health` are safe at any time.
+serializes them per deployment). `state`, `error`, `channel` and `health` are safe at any time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifacts, EngineChoice, EngineName, ResolvedDeployment
+from cellar.engines.channel import Channel
 from cellar.hardware import Hardware
 from cellar.protocol import CompletionBody
 from cellar.store import Format
@@ -52,8 +54,8 @@ class Engine(Protocol):
         ...
 
     @property
-    def base_url(self) -> str:
-        """Root of its OpenAI-compatible API, e.g. http://127.0.0.1:41234 (valid once started)."""
+    def channel(self) -> Channel:
+        """The private way to its OpenAI-compatible API, with the clients that use it."""
         ...
 
     async def start(self) -> None:
@@ -78,7 +80,7 @@ class Engine(Protocol):
         raise InvalidRequest."""
         ...
 
-    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+    async def load(self) -> tuple[int, int] | None:
         """(running, waiting) requests inside the engine; None when it cannot tell now."""
         ...
 
@@ -90,8 +92,8 @@ class Dialect(Protocol):
         """See Engine.prepare."""
         ...
 
-    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
-        """See Engine.load."""
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+        """See Engine.load; `client` is the channel's (relative URLs)."""
         ...
 
 

@@ -1,7 +1,8 @@
-"""A worker that runs as a local child process serving HTTP on a loopback port.
+"""A worker that runs as a local child process serving HTTP on its private channel.
 
-Shared by every engine launcher: spawning, log capture, readiness polling, crash detection and
-a stop that really frees memory (SIGTERM, then SIGKILL).
+Shared by every engine launcher: spawning, log capture, readiness polling (which the worker
+passes only by proving the launch's secret, where it can; see engines/channel.py), crash
+detection and a stop that really frees memory (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import signal
 import socket
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import httpx
+from typing import Any, NoReturn
 
 from cellar.engines.base import Dialect, EngineState
+from cellar.engines.channel import Channel, Probe
 from cellar.errors import EngineUnavailable
 from cellar.protocol import CompletionBody
 
@@ -33,6 +33,7 @@ _STOP_GRACE_S = 10.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now on `host` (for a gateway or a baseline server, never a worker)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -46,18 +47,15 @@ class WorkerProcess:
         name: str,
         argv: Sequence[str],
         *,
-        port: int,
+        channel: Channel,
         dialect: Dialect,
         env: Mapping[str, str] | None = None,
-        host: str = "127.0.0.1",
-        health_path: str = "/health",
     ) -> None:
         self.name = name
+        self.channel = channel
         self._dialect = dialect
         self._argv = list(argv)
         self._env = dict(env) if env is not None else None
-        self._base_url = f"http://{host}:{port}"
-        self._health_path = health_path
         self._state = EngineState.STOPPED
         self._error: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -65,7 +63,6 @@ class WorkerProcess:
         self._tail: deque[str] = deque(maxlen=_LOG_TAIL)
         self._fatal: str | None = None
         self._stopping = False
-        self._probe: httpx.AsyncClient | None = None
         self._log = logging.getLogger(f"cellar.worker.{name}")
 
     @property
@@ -75,10 +72,6 @@ class WorkerProcess:
     @property
     def error(self) -> str | None:
         return self._error
-
-    @property
-    def base_url(self) -> str:
-        return self._base_url
 
     @property
     def pid(self) -> int | None:
@@ -150,25 +143,20 @@ class WorkerProcess:
         return f"the worker for {self.name!r} {how}" + (f"; last output: {tail}" if tail else "")
 
     async def health(self) -> bool:
+        return await self._probe() is Probe.READY
+
+    async def _probe(self) -> Probe:
         if self._proc is None or self._proc.returncode is not None:
-            return False
-        if self._probe is None:
-            # One client per worker: building one costs ~20 ms of event-loop time (TLS set-up),
-            # which every request in flight would feel at each health check.
-            self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False)
-        try:
-            response = await self._probe.get(self._base_url + self._health_path)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return Probe.ABSENT
+        return await self.channel.probe()
 
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         return self._dialect.prepare(path, request)
 
-    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+    async def load(self) -> tuple[int, int] | None:
         if self._state is not EngineState.READY:
             return None
-        return await self._dialect.load(client, self._base_url)
+        return await self._dialect.load(self.channel.http)
 
     async def wait_ready(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -178,15 +166,24 @@ class WorkerProcess:
                 raise EngineUnavailable(f"model {self.name!r} failed to load: {self._error}")
             if self._state is EngineState.STOPPED:
                 raise EngineUnavailable(f"model {self.name!r} was stopped while loading")
-            if await self.health():
+            probe = await self._probe()
+            if probe is Probe.READY:
                 self._state = EngineState.READY
                 return
+            if probe is Probe.IMPOSTOR:
+                await self._give_up(
+                    f"the process answering at {self.channel.address} is not the worker Cellar "
+                    "started (it cannot prove the launch's secret); refusing to send it requests"
+                )
             if loop.time() >= deadline:
-                self._error = f"the worker did not become ready within {timeout_s:g} s"
-                await self.stop()
-                self._state = EngineState.FAILED
-                raise EngineUnavailable(f"model {self.name!r} failed to load: {self._error}")
+                await self._give_up(f"the worker did not become ready within {timeout_s:g} s")
             await asyncio.sleep(_POLL_S)
+
+    async def _give_up(self, reason: str) -> NoReturn:
+        self._error = reason
+        await self.stop()
+        self._state = EngineState.FAILED
+        raise EngineUnavailable(f"model {self.name!r} failed to load: {reason}")
 
     async def stop(self) -> None:
         proc, self._stopping = self._proc, True
@@ -203,7 +200,7 @@ class WorkerProcess:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._probe is not None:
-            await self._probe.aclose()
-            self._probe = None
+        await self.channel.close()
+        if self.channel.uds is not None:
+            self.channel.uds.unlink(missing_ok=True)
         self._state = EngineState.STOPPED

@@ -14,9 +14,10 @@ import httpx
 
 
 async def time_to_first_token(
-    client: httpx.AsyncClient, base_url: str, model: str, prompt: str, max_tokens: int
+    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int
 ) -> float:
-    """Seconds from sending a streamed completion to its first token."""
+    """Seconds from sending a streamed completion to its first token (`client` is an engine
+    channel's, or any with a base URL)."""
     body = {
         "model": model,
         "prompt": prompt,
@@ -26,7 +27,7 @@ async def time_to_first_token(
     }
     started = time.perf_counter()
     first = 0.0
-    async with client.stream("POST", base_url + "/v1/completions", json=body) as response:
+    async with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         async for chunk in response.aiter_raw():
             if not first and b'"text"' in chunk:
@@ -35,25 +36,21 @@ async def time_to_first_token(
 
 
 async def cold_and_warm(
-    base_url: str, model: str, prompts: list[str], max_tokens: int, runs: int = 3
+    client: httpx.AsyncClient, model: str, prompts: list[str], max_tokens: int, runs: int = 3
 ) -> tuple[float, float]:
     """TTFT of the very first request on a fresh engine, and the median TTFT after warm-up."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False) as client:
-        cold = await time_to_first_token(client, base_url, model, prompts[0], max_tokens)
-        for prompt in prompts:
-            await time_to_first_token(client, base_url, model, prompt, max_tokens)
-        warm = [
-            await time_to_first_token(client, base_url, model, f"{i}. {prompts[0]}", max_tokens)
-            for i in range(runs)
-        ]
+    cold = await time_to_first_token(client, model, prompts[0], max_tokens)
+    for prompt in prompts:
+        await time_to_first_token(client, model, prompt, max_tokens)
+    warm = [
+        await time_to_first_token(client, model, f"{i}. {prompts[0]}", max_tokens)
+        for i in range(runs)
+    ]
     return cold, statistics.median(warm)
 
 
 async def warm_up(
-    client: httpx.AsyncClient, base_url: str, model: str, prompts: list[str], max_tokens: int
+    client: httpx.AsyncClient, model: str, prompts: list[str], max_tokens: int
 ) -> list[float]:
-    """Run each warm-up prompt once; the TTFT of each, in order. Pass the client that will
-    carry real traffic, so its connection to the engine is warm too."""
-    return [
-        await time_to_first_token(client, base_url, model, prompt, max_tokens) for prompt in prompts
-    ]
+    """Run each warm-up prompt once; the TTFT of each, in order."""
+    return [await time_to_first_token(client, model, prompt, max_tokens) for prompt in prompts]

@@ -23,7 +23,7 @@ from cellar.server.canary import Canary
 from cellar.server.deployment import Limits
 from cellar.server.hosts import LOOPBACK_NAMES, HostCheck
 from cellar.server.metrics import Metrics
-from cellar.server.proxy import Proxy, new_session
+from cellar.server.proxy import Proxy
 from cellar.server.routes import openai, ops
 from cellar.server.service import CompletionService
 from cellar.server.supervisor import Estimator, Launcher, Supervisor
@@ -58,18 +58,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
-        pool = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        # Loopback calls to workers (warm-up, canary, load) never go through an HTTP proxy.
-        async with httpx.AsyncClient(timeout=timeout, limits=pool, trust_env=False) as client:
+        # Workers are reached through their own channels; this client sends the canary's
+        # webhook only, and never through the environment's HTTP proxy.
+        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             metrics = Metrics()
             supervisor = Supervisor(
-                deployments, store, launcher, estimator, limits, metrics, client, resolver
+                deployments, store, launcher, estimator, limits, metrics, resolver
             )
-            app.state.http = client
             app.state.started_at = time.time()
-            session = new_session()
-            proxy = Proxy(session, metrics)
+            proxy = Proxy(metrics)
             app.state.completions = CompletionService(
                 supervisor,
                 proxy,
@@ -86,7 +83,6 @@ def create_app(
             finally:
                 await canary.stop()
                 await supervisor.stop_all()
-                await session.close()
                 if access.audit is not None:
                     access.audit.close()
 

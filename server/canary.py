@@ -158,7 +158,7 @@ class Canary:
         lease = await self._supervisor.acquire(model)
         try:
             body = lease.engine.prepare(path, request_for(path, payload))
-            response = await self._http.post(lease.engine.base_url + path, json=body)
+            response = await lease.engine.channel.http.post(path, json=body)
         finally:
             lease.release()
         if response.status_code != 200:

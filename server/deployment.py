@@ -263,7 +263,11 @@ class Deployment:
             "state": self.state.value,
             "engine": self.resolved.engine,
             "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
-            "url": self.engine.base_url if self.engine is not None and self.holds_memory else None,
+            "address": (
+                self.engine.channel.address
+                if self.engine is not None and self.holds_memory
+                else None
+            ),
             "memory_estimate_bytes": self.estimate_bytes,
             "gpu_claims": {str(device): share for device, share in self.gpu_claims.items()},
             "uptime_s": round(now - self.loaded_at, 1) if self.loaded_at else None,

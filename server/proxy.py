@@ -32,8 +32,6 @@ _DONE_PREFIX = SSE_DONE.rstrip()
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _JSON = {"Content-Type": "application/json"}
 UpstreamError = (aiohttp.ClientError, TimeoutError)
-KEEPALIVE_S = 4.0
-"""Below uvicorn's 5 s, so the gateway never reuses a connection the worker is closing."""
 
 
 @dataclass(frozen=True)
@@ -123,17 +121,6 @@ class WorkerUnreachable(EngineUnavailable):
     """The worker refused the connection: the request never reached it, so a retry is safe."""
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The gateway's client to its workers: no pool limit, no read timeout (streams are
-    long), a connect timeout, and the worker's bytes untouched."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
-        timeout=aiohttp.ClientTimeout(total=None, connect=10.0),
-        auto_decompress=False,
-        trust_env=False,
-    )
-
-
 def _body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -152,8 +139,7 @@ def _failure(call: Call, exc: BaseException) -> ApiError:
 
 
 class Proxy:
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
-        self._session = session
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     async def forward(self, request: Request, call: Call) -> Response:
@@ -168,15 +154,17 @@ class Proxy:
             call.on_done()
             raise
 
-    async def _post(self, url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
-        async with self._session.post(url, data=_body(payload), headers=_JSON) as upstream:
+    async def _post(self, call: Call) -> tuple[int, bytes]:
+        channel = call.engine.channel
+        async with channel.session.post(
+            channel.url + call.path, data=_body(call.payload), headers=_JSON
+        ) as upstream:
             return upstream.status, await upstream.read()
 
     async def _unary(self, request: Request, call: Call) -> Response:
-        url = call.engine.base_url + call.path
         try:
             async with asyncio.timeout_at(call.deadline):
-                status, body = await unless_disconnected(request, self._post(url, call.payload))
+                status, body = await unless_disconnected(request, self._post(call))
         except TimeoutError:
             raise _timeout(call) from None
         except UpstreamError as exc:
@@ -200,9 +188,11 @@ class Proxy:
 
     async def _stream(self, call: Call) -> Response:
         call.payload["stream_options"] = {"include_usage": True}
-        url = call.engine.base_url + call.path
+        channel = call.engine.channel
         try:
-            upstream = await self._session.post(url, data=_body(call.payload), headers=_JSON)
+            upstream = await channel.session.post(
+                channel.url + call.path, data=_body(call.payload), headers=_JSON
+            )
         except UpstreamError as exc:
             raise _failure(call, exc) from None
         if upstream.status != 200:

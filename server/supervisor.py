@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 
-import httpx
-
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.engines.base import Engine, EngineState
 from cellar.engines.kinds import kind_of
@@ -60,10 +58,8 @@ class Supervisor:
         estimator: Estimator,
         limits: Limits,
         metrics: Metrics,
-        http: httpx.AsyncClient,
         resolver: Resolver | None = None,
     ) -> None:
-        self._http = http
         self._store = store
         self._launcher = launcher
         self._estimator = estimator
@@ -242,7 +238,7 @@ class Supervisor:
             log.info(
                 "model %r is ready at %s (%.1f s)",
                 spec.name,
-                engine.base_url,
+                engine.channel.address,
                 time.monotonic() - started,
             )
 
@@ -260,7 +256,7 @@ class Supervisor:
         if spec.warmup.enabled and spec.warmup.prompts:
             warming()
             ttfts = await warm_up(
-                self._http, engine.base_url, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
+                engine.channel.http, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
             )
             log.info(
                 "model %r (%s) warmed up: TTFT %s s",
@@ -454,14 +450,14 @@ class Supervisor:
 
     # -- views -----------------------------------------------------------------------------
 
-    async def refresh_load(self, client: httpx.AsyncClient) -> None:
+    async def refresh_load(self) -> None:
         """Set the running/waiting gauges: the worker's own counts, plus requests waiting in
         the gateway for a turn or for the model to load."""
         for deployment in self._deployments.values():
             running, waiting = 0, deployment.admission.waiting
             engine = deployment.engine
             if engine is not None and deployment.state is State.READY:
-                inside = await engine.load(client)
+                inside = await engine.load()
                 if inside is None:
                     log.debug("no load figures from %s", deployment.name)
                 else:

@@ -23,6 +23,7 @@ from tests.gateway import (
     start_gateway,
     vllm_models,
 )
+from tests.worker import BareWorker, bare_worker
 
 BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
 
@@ -71,6 +72,14 @@ def llama_gateway(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -
     work = tmp_path_factory.mktemp("gateway")
     with start_gateway(work, store.root) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def worker(tmp_path_factory: pytest.TempPathFactory, bundled_gguf: Path) -> Iterator[BareWorker]:
+    """The llama.cpp worker alone on a TCP port, with a secret the tests know."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with bare_worker(bundled_gguf, log) as found:
+        yield found
 
 
 @pytest.fixture(scope="session", params=ENGINES)

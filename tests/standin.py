@@ -2,7 +2,8 @@
 
 `EchoEngine` implements the gateway's Engine protocol over the benchmarks' echo endpoint
 (cellar.benchmarks.suite.echo), served from the test's own event loop: a real OpenAI-shaped
-HTTP server on 127.0.0.1 that answers at once (or after `delay_s`), with no model behind it.
+HTTP server on a private Unix socket, as a worker's, that answers at once (or after
+`delay_s`), with no model behind it.
 `serve_gateway` runs the real gateway app (create_app) under uvicorn in the same loop, so the
 supervisor, admission, proxy and metrics are driven over real HTTP in milliseconds.
 """
@@ -24,9 +25,11 @@ from cellar.config import ModelDeployment
 from cellar.config_access import AuthSettings, LimitSettings
 from cellar.deployments import Artifact, ResolvedDeployment, Resolver
 from cellar.engines.base import EngineState
+from cellar.engines.channel import Channel
 from cellar.engines.process import free_port
 from cellar.errors import EngineUnavailable
 from cellar.protocol import CompletionBody
+from cellar.rundir import socket_path
 from cellar.server.app import Access, create_app
 from cellar.server.auditwriter import AuditLog
 from cellar.server.auth import Authenticator
@@ -47,27 +50,23 @@ class EchoEngine:
     state: EngineState = EngineState.STOPPED
     error: str | None = None
     echo: Echo = field(init=False)
+    channel: Channel = field(init=False)
     _server: asyncio.Server | None = None
-    _port: int = 0
 
     def __post_init__(self) -> None:
         self.echo = Echo(self.fail_after, self.delay_s)
+        self.channel = Channel.unix(socket_path(), proves=False)
 
     @property
     def pid(self) -> int | None:
         return None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
 
     async def start(self) -> None:
         self.state = EngineState.STARTING
         if self.fail_start is not None:
             self.state, self.error = EngineState.FAILED, self.fail_start
             return
-        self._server = await asyncio.start_server(self.echo.handle, "127.0.0.1", 0)
-        self._port = self._server.sockets[0].getsockname()[1]
+        self._server = await asyncio.start_unix_server(self.echo.handle, self.channel.uds)
 
     async def wait_ready(self, timeout_s: float) -> None:
         if self.state is EngineState.FAILED:
@@ -81,6 +80,7 @@ class EchoEngine:
         if self._server is not None:
             self._server.close()
             self._server = None
+        await self.channel.close()
         if self.state is not EngineState.FAILED:
             self.state = EngineState.STOPPED
 
@@ -98,7 +98,7 @@ class EchoEngine:
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
-    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+    async def load(self) -> tuple[int, int] | None:
         return None
 
 

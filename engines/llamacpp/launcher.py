@@ -11,10 +11,12 @@ import httpx
 from cellar.adapters import ResolvedAdapter
 from cellar.child import python_module
 from cellar.config import ModelDeployment
+from cellar.engines.channel import SECRET_ENV, Channel
 from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
-from cellar.engines.process import WorkerProcess, free_port
+from cellar.engines.process import WorkerProcess
 from cellar.hardware import is_apple_silicon
 from cellar.protocol import CompletionBody
+from cellar.rundir import socket_path
 
 
 def worker_spec(
@@ -53,18 +55,19 @@ def worker_env() -> dict[str, str]:
 
 
 def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
-    """A not-yet-started worker process for `spec` on a free loopback port."""
-    port = free_port()
+    """A not-yet-started worker process for `spec` on its own private socket."""
+    channel = Channel.unix(socket_path(), proves=True)
     argv = python_module(
         "cellar.engines.llamacpp.worker",
-        "--port",
-        str(port),
+        "--uds",
+        str(channel.uds),
         "--spec",
         spec.model_dump_json(),
         "--parent-pid",
         str(os.getpid()),
     )
-    return WorkerProcess(spec.name, argv, port=port, dialect=LlamaCppDialect(), env=worker_env())
+    env = {**worker_env(), SECRET_ENV: channel.secret}
+    return WorkerProcess(spec.name, argv, channel=channel, dialect=LlamaCppDialect(), env=env)
 
 
 class LlamaCppDialect:
@@ -73,9 +76,9 @@ class LlamaCppDialect:
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
-    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         try:
-            stats = (await client.get(base_url + "/stats", timeout=1.0)).json()
+            stats = (await client.get("/stats", timeout=1.0)).json()
             return int(stats["running"]), int(stats["waiting"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None

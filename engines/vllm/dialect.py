@@ -43,9 +43,9 @@ class VllmDialect:
         out["structured_outputs"] = {"grammar": _EMPTY_FIRST_ALTERNATIVE.sub(r'::=\1"" |', grammar)}
         return out
 
-    async def load(self, client: httpx.AsyncClient, base_url: str) -> tuple[int, int] | None:
+    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         try:
-            text = (await client.get(base_url + "/metrics", timeout=1.0)).text
+            text = (await client.get("/metrics", timeout=1.0)).text
         except httpx.HTTPError:
             return None
         totals = {_RUNNING: 0.0, _WAITING: 0.0}

@@ -15,13 +15,13 @@ from pathlib import Path
 from cellar.child import python_module
 from cellar.config import VllmSettings
 from cellar.deployments import ResolvedDeployment
-from cellar.engines.process import WorkerProcess, free_port
+from cellar.engines.channel import Channel
+from cellar.engines.process import WorkerProcess
 from cellar.engines.vllm.dialect import VllmDialect
 from cellar.engines.vllm.runtime import interpreter
-from cellar.rundir import private_dir, write_private
+from cellar.rundir import private_dir, socket_path, write_private
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-HOST = "127.0.0.1"
 
 # No worker may download or phone home: the hub is offline and vLLM's usage stats are off.
 OFFLINE_ENV = {
@@ -42,14 +42,13 @@ def template_file(text: str) -> Path:
     return write_private(private_dir("templates"), name, data)
 
 
-def server_args(deployment: ResolvedDeployment, port: int, log_level: str) -> list[str]:
-    """vLLM's command line for one deployment (after `python -m SERVER_MODULE`)."""
+def server_args(deployment: ResolvedDeployment, socket: Path, log_level: str) -> list[str]:
+    """vLLM's command line for one deployment (after `python -m SERVER_MODULE`), serving on the
+    Unix socket `socket`."""
     settings = deployment.spec.vllm
     args = [
-        "--host",
-        HOST,
-        "--port",
-        str(port),
+        "--uds",
+        str(socket),
         "--model",
         str(deployment.path),
         "--served-model-name",
@@ -96,7 +95,7 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ranks vLLM accepts for --max-lora-rank."""
 
 
-def worker_env(settings: VllmSettings, log_level: str) -> dict[str, str]:
+def worker_env(settings: VllmSettings, log_level: str, secret: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OFFLINE_ENV)
     env["VLLM_LOGGING_LEVEL"] = log_level.upper()
@@ -107,19 +106,26 @@ def worker_env(settings: VllmSettings, log_level: str) -> dict[str, str]:
     if settings.ray_address is not None:
         env["RAY_ADDRESS"] = settings.ray_address
     env.update(settings.env)
+    # Its API routes want the launch's secret (an argument would show in `ps`), and its
+    # engine's ZeroMQ sockets go in a private directory rather than the shared /tmp.
+    env["VLLM_API_KEY"] = secret
+    env["VLLM_RPC_BASE_PATH"] = str(private_dir("vllm-ipc"))
     return env
 
 
 def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess:
-    """A not-yet-started vLLM worker for `deployment` on a free loopback port."""
-    port = free_port()
+    """A not-yet-started vLLM worker for `deployment` on its own private socket. vLLM's
+    `/health` cannot prove the secret; the socket's private directory is what makes the
+    answer its own."""
+    channel = Channel.unix(socket_path(), proves=False)
+    assert channel.uds is not None
     settings = deployment.spec.vllm
     command = [str(interpreter(settings)), "-m", SERVER_MODULE]
     argv = python_module("cellar.engines.guard", "--", *command)
-    argv += server_args(deployment, port, log_level)
-    env = worker_env(settings, log_level)
+    argv += server_args(deployment, channel.uds, log_level)
+    env = worker_env(settings, log_level, channel.secret)
     dialect = VllmDialect(end_of_generation(deployment.path))
-    return WorkerProcess(deployment.spec.name, argv, port=port, dialect=dialect, env=env)
+    return WorkerProcess(deployment.spec.name, argv, channel=channel, dialect=dialect, env=env)
 
 
 def end_of_generation(checkpoint: Path) -> tuple[int, ...]:

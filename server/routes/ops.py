@@ -73,7 +73,7 @@ async def openapi(request: Request) -> dict[str, Any]:
 @router.get("/metrics", dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    await service.supervisor.refresh_load(request.app.state.http)
+    await service.supervisor.refresh_load()
     service.metrics.audit_dropped(_audit(request).get("dropped", 0))
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,5 +1,6 @@
 """`cellar bench` against the real model: through the gateway on both engines, straight at the
-engine's own server, and against a gateway it starts itself from a config (with cold start)."""
+llama.cpp worker's own server, and against a gateway it starts itself from a config (with cold
+start)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from cellar.benchmarks.suite.record import Run, load_run
 from cellar.store import ModelStore
 from tests.benchmarks.cli import cellar
 from tests.gateway import BUNDLED_NAME, MODEL, Gateway, default_models, write_config
+from tests.worker import BareWorker
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,7 @@ def check_outputs(out: Path, levels: int) -> Run:
     return run
 
 
-def test_bench_through_the_gateway_and_at_the_engine(gateway: Gateway, tmp_path: Path) -> None:
+def test_bench_through_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
     out = tmp_path / "gateway"
     done = cellar(
         "bench",
@@ -66,13 +68,18 @@ def test_bench_through_the_gateway_and_at_the_engine(gateway: Gateway, tmp_path:
     assert run.hardware.server is not None and run.hardware.server["cpu_cores_logical"] >= 1
     assert run.endpoint.deployment is not None and run.endpoint.deployment["name"] == MODEL
 
-    # the engine's own OpenAI server (llama.cpp worker or vLLM), measured the same way
-    worker = gateway.admin_models()[MODEL]["url"]
+
+
+def test_bench_at_the_engine_s_own_server(worker: BareWorker, tmp_path: Path) -> None:
+    """The llama.cpp worker's own OpenAI API, measured the same way (with its secret as the
+    key, as any OpenAI server with a key)."""
     direct = tmp_path / "direct"
     done = cellar(
         "bench",
         "--base-url",
-        worker,
+        worker.url,
+        "--api-key",
+        worker.secret,
         "--model",
         MODEL,
         *SMALL,

@@ -45,8 +45,9 @@ def test_settings_become_vllm_arguments(tmp_path: Path) -> None:
         max_lora_rank=32,
         extra_args=["--seed", "7"],
     )
-    args = server_args(resolved, 41000, "info")
-    assert (_flag(args, "--host"), _flag(args, "--port")) == ("127.0.0.1", "41000")
+    args = server_args(resolved, tmp_path / "w.sock", "info")
+    assert _flag(args, "--uds") == str(tmp_path / "w.sock")
+    assert "--host" not in args and "--port" not in args and "--api-key" not in args
     assert _flag(args, "--model") == str(resolved.path)
     assert _flag(args, "--served-model-name") == "big"
     assert _flag(args, "--dtype") == "bfloat16"
@@ -67,7 +68,7 @@ def test_settings_become_vllm_arguments(tmp_path: Path) -> None:
 
 
 def test_defaults_leave_vllm_to_decide(tmp_path: Path) -> None:
-    args = server_args(_resolved(tmp_path), 41000, "info")
+    args = server_args(_resolved(tmp_path), tmp_path / "w.sock", "info")
     for flag in ("--max-model-len", "--quantization", "--enforce-eager", "--enable-lora"):
         assert flag not in args
     assert "--distributed-executor-backend" not in args
@@ -80,9 +81,11 @@ def test_environment_is_offline_and_carries_placement(tmp_path: Path) -> None:
         gpus=[2, 3],
         ray_address="10.0.0.5:6379",
         cpu_kv_cache_space="2GiB",
-        env={"NCCL_DEBUG": "WARN"},
+        env={"NCCL_DEBUG": "WARN", "VLLM_API_KEY": "from-the-config"},
     ).spec.vllm
-    env = worker_env(settings, "info")
+    env = worker_env(settings, "info", "the-launch-secret")
+    assert env["VLLM_API_KEY"] == "the-launch-secret"  # the gateway's, whatever the config says
+    assert Path(env["VLLM_RPC_BASE_PATH"]).stat().st_mode & 0o777 == 0o700
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     assert env["DO_NOT_TRACK"] == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3"

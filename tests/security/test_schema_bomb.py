@@ -15,6 +15,7 @@ import pytest
 from cellar.engines.grammar import MAX_REPEAT, check_schema
 from cellar.errors import InvalidRequest
 from tests.gateway import MODEL, Gateway
+from tests.worker import BareWorker
 
 BOMB = {"type": "array", "items": {"type": "string"}, "minItems": 1_000_000_000}
 
@@ -84,10 +85,11 @@ def test_a_schema_bomb_is_a_quick_400_while_others_stream(gateway: Gateway) -> N
 
 
 @pytest.mark.slow
-def test_the_llamacpp_worker_refuses_it_too(llama_gateway: Gateway) -> None:
-    worker = llama_gateway.admin_models()[MODEL]["url"]
+def test_the_llamacpp_worker_refuses_it_too(worker: BareWorker) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 4, "response_format": _format(BOMB)}
     started = time.monotonic()
-    refused = httpx.post(f"{worker}/v1/completions", json=body, timeout=30)
+    refused = httpx.post(
+        f"{worker.url}/v1/completions", json=body, headers=worker.headers, timeout=30
+    )
     assert refused.status_code == 400 and time.monotonic() - started < 1.0
     assert refused.json()["error"]["param"] == "response_format"

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from cellar.engines.channel import Channel
 from cellar.engines.llamacpp.launcher import LlamaCppDialect
 from cellar.engines.process import LOG_LINE_MAX, WorkerProcess, free_port
 
@@ -27,7 +28,8 @@ def test_a_huge_log_line_does_not_block_the_worker(tmp_path: Path) -> None:
 
     async def scenario() -> list[str]:
         argv = [sys.executable, "-c", CHATTY, str(marker)]
-        worker = WorkerProcess("chatty", argv, port=free_port(), dialect=LlamaCppDialect())
+        channel = Channel.tcp(free_port(), proves=True)
+        worker = WorkerProcess("chatty", argv, channel=channel, dialect=LlamaCppDialect())
         await worker.start()
         try:
             for _ in range(300):

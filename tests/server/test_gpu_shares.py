@@ -8,12 +8,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifact, ResolvedDeployment
 from cellar.engines.base import EngineState
+from cellar.engines.channel import Channel
 from cellar.errors import EngineUnavailable
 from cellar.protocol import CompletionBody
 from cellar.server.deployment import Limits, State
@@ -30,7 +30,7 @@ class StandIn:
         self.state = EngineState.STOPPED
         self.error: str | None = None
         self.pid: int | None = None
-        self.base_url = f"http://127.0.0.1:9/{name}"
+        self.channel = Channel.tcp(9, proves=False)
 
     async def start(self) -> None:
         self.state = EngineState.STARTING
@@ -47,7 +47,7 @@ class StandIn:
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
-    async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
+    async def load(self) -> tuple[int, int] | None:
         return 0, 0
 
 
@@ -70,7 +70,6 @@ def _supervisor(tmp_path: Path) -> Supervisor:
         lambda d: 1,
         Limits(budget_bytes=10**12, keep_alive_s=-1, load_timeout_s=5),
         Metrics(),
-        httpx.AsyncClient(),
     )
     for name, shares in SHARES.items():
         supervisor.get(name).gpu_claims = shares
