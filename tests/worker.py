@@ -44,9 +44,7 @@ def worker_argv(gguf: Path, *where: str) -> list[str]:
         chat_template=None,
         log_level="warning",
     )
-    return python_module(
-        "cellar.engines.llamacpp.worker", *where, "--spec", spec.model_dump_json()
-    )
+    return python_module("cellar.engines.llamacpp.worker", *where, "--spec", spec.model_dump_json())
 
 
 @contextmanager

@@ -69,7 +69,6 @@ def test_bench_through_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
     assert run.endpoint.deployment is not None and run.endpoint.deployment["name"] == MODEL
 
 
-
 def test_bench_at_the_engine_s_own_server(worker: BareWorker, tmp_path: Path) -> None:
     """The llama.cpp worker's own OpenAI API, measured the same way (with its secret as the
     key, as any OpenAI server with a key)."""
