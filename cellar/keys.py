@@ -1,8 +1,9 @@
 """API keys: made once, shown once, stored only as salted scrypt hashes.
 
-A key reads `sk-cellar-<id>-<secret>`. The id (8 hex digits) finds the record without any
-hashing, so a made-up key costs nothing; the secret is checked with scrypt (memory-hard,
-Python's standard library). The key file is JSON, written atomically with mode 0600.
+A key reads `sk-cellar-<id>-<secret>`. The id (8 hex digits) finds the record; the secret is
+checked with scrypt (memory-hard, Python's standard library), and a made-up id against a decoy
+record at the same cost (see server/auth.py). The key file is JSON, written atomically with
+mode 0600.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def _digest(secret: str, salt: bytes, kdf: str) -> bytes:
         p=int(params["p"]),
         maxmem=_SCRYPT_MAXMEM,
         dklen=32,
+    )
+
+
+def decoy_record() -> KeyRecord:
+    """A record no secret matches, with the cost of a real one: an unknown key id is checked
+    against it, so that refusing it takes as long as refusing a wrong secret."""
+    return KeyRecord(
+        id="decoy",
+        name="decoy",
+        created=datetime.now(UTC),
+        salt=secrets.token_hex(16),
+        hash=secrets.token_hex(32),
     )
 
 

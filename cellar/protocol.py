@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cellar.errors import UnsupportedParameter
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 512
+"""Characters of one stop string (each engine looks for every one after every token)."""
 
 
 class _Request(BaseModel):
@@ -74,7 +76,8 @@ class ResponseFormat(BaseModel):
 
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-StopField = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopField = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
 
 class _SamplingRequest(_Request):

@@ -3,24 +3,35 @@
 The key file is re-read when it changes on disk (checked with one stat per request), so
 `cellar keys create` and `revoke` apply to a running gateway at once. A key whose secret has
 passed scrypt once is remembered by a SHA-256 of the secret, so only a key's first request pays
-for scrypt; an unknown key id is refused without hashing anything.
+for scrypt. Every other key takes the same path whether its id exists or not (one scrypt,
+against a decoy record for an unknown id), and then, only for a key that checks out, its
+state (revoked, expired). server/keyguard.py bounds that work per client and in all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from fastapi import Request
 
 from cellar.config_access import AuthSettings
 from cellar.errors import ConfigError, InvalidApiKey, ModelNotAllowed, PermissionDenied
-from cellar.keys import KeyFile, KeyRecord, KeysError, Role, check_secret, split_key
+from cellar.keys import (
+    KeyFile,
+    KeyRecord,
+    KeysError,
+    Role,
+    check_secret,
+    decoy_record,
+    split_key,
+)
+from cellar.server.keyguard import KeyGuard
 
 log = logging.getLogger("cellar.auth")
 
@@ -65,6 +76,8 @@ class Authenticator:
         self._records: dict[str, KeyRecord] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked: dict[str, bytes] = {}
+        self._guard = KeyGuard()
+        self._decoy = decoy_record()
         self._sealed = settings.mode == "keys"
         """Keys have been required: from then on a missing or empty key file refuses every
         caller instead of opening the gateway (`auth.mode: auto`)."""
@@ -112,25 +125,26 @@ class Authenticator:
         except KeysError as exc:
             log.error("%s; keeping the %d keys loaded before", exc, len(self._records))
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
+        """The caller of a request with this `Authorization` header, from address `client`."""
         self.refresh()
         if not self.required:
             return OPEN
         if not authorization or not authorization.lower().startswith("bearer "):
             raise InvalidApiKey(MISSING)
-        key = authorization[7:].strip()
-        parts = split_key(key)
-        record = self._records.get(parts[0]) if parts else None
-        if parts is None or record is None:
-            raise InvalidApiKey("Incorrect API key provided.")
+        key_id, secret = split_key(authorization[7:].strip()) or ("", "")
+        record = self._records.get(key_id)
+        fingerprint = hashlib.sha256(secret.encode()).digest()
+        if record is None or self._checked.get(record.id) != fingerprint:
+            self._guard.admit(client)
+            against = record or self._decoy
+            if not await self._guard.check(partial(check_secret, against, secret)) or not record:
+                self._guard.failed(client)
+                raise InvalidApiKey("Incorrect API key provided.")
+            self._checked[record.id] = fingerprint
         state = record.state(datetime.now(UTC))
         if state != "active":
             raise InvalidApiKey(f"The API key {record.name!r} has been {state}.")
-        fingerprint = hashlib.sha256(parts[1].encode()).digest()
-        if self._checked.get(record.id) != fingerprint:
-            if not await asyncio.to_thread(check_secret, record, parts[1]):
-                raise InvalidApiKey("Incorrect API key provided.")
-            self._checked[record.id] = fingerprint
         return _principal(record)
 
 
@@ -144,8 +158,9 @@ async def require_key(request: Request) -> Principal:
     audit entry: the key's name and id, never the key)."""
     header = request.headers.get("authorization")
     entry = getattr(request.state, "audit", None)
+    client = request.client.host if request.client else None
     try:
-        principal = await _authenticator(request).authenticate(header)
+        principal = await _authenticator(request).authenticate(header, client)
     except InvalidApiKey:
         parts = split_key(header[7:].strip()) if header else None
         if entry is not None and parts is not None:

@@ -11,6 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from cellar.engines.base import Engine
 from cellar.engines.grammar import BUILD_TIMEOUT_S, check_format, needs_building
+from cellar.engines.passthrough import schema_given, structured_outputs
 from cellar.errors import ApiError, ContextLengthExceeded, InvalidRequest, RequestTimeout
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.server.audit import AuditEntry
@@ -82,7 +83,9 @@ class CompletionService:
         outcome = self.metrics.outcome(body.model, started)
         try:
             body.check_supported()
-            check_format(body.response_format)  # a schema bomb is refused before it queues
+            # a schema bomb, or a regex or grammar too big, is refused before it queues
+            check_format(body.response_format)
+            structured_outputs(body.model_extra or {}, build=False)
             apply_token_cap(body, deployment.resolved.spec.max_tokens)
             check_room(body, deployment.context_window)
             grant = self.limiter.admit(principal, estimate_tokens(body))
@@ -109,7 +112,7 @@ class CompletionService:
     @staticmethod
     async def _prepare(engine: Engine, path: str, body: Body) -> dict[str, Any]:
         """The engine's body for the request; a grammar is built off the event loop."""
-        if not needs_building(body.response_format):
+        if not (needs_building(body.response_format) or schema_given(body.model_extra or {})):
             return engine.prepare(path, body)
         try:
             return await asyncio.wait_for(
@@ -117,7 +120,7 @@ class CompletionService:
             )
         except TimeoutError:
             raise InvalidRequest(
-                f"building the grammar of this response_format took over {BUILD_TIMEOUT_S:g} s",
+                f"building the grammar of this JSON schema took over {BUILD_TIMEOUT_S:g} s",
                 param="response_format",
             ) from None
 

@@ -13,6 +13,7 @@ from cellar.child import python_module
 from cellar.config import ModelDeployment
 from cellar.engines.channel import SECRET_ENV, Channel
 from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
+from cellar.engines.passthrough import refuse_structured_extras
 from cellar.engines.process import WorkerProcess
 from cellar.hardware import is_apple_silicon
 from cellar.protocol import CompletionBody
@@ -71,9 +72,11 @@ def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
 
 
 class LlamaCppDialect:
-    """Our own worker takes every feature as OpenAI does, and counts its load at /stats."""
+    """Our own worker takes every feature as OpenAI does (and no vLLM structured-output
+    field, which it would not enforce), and counts its load at /stats."""
 
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+        refuse_structured_extras(request.model_extra or {})
         return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:

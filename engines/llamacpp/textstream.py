@@ -44,11 +44,15 @@ class TextStream:
         return min(hits) if hits else None
 
     def _partial_stop_len(self) -> int:
-        """Length of the longest tail of the pending text that begins some stop string."""
-        best = 0
+        """Length of the longest tail of the pending text that begins some stop string. Only
+        the places where a stop's first character occurs are tried, so a long stop string
+        costs little per token."""
+        pending, best = self._pending, 0
         for stop in self._stops:
-            for length in range(min(len(stop) - 1, len(self._pending)), best, -1):
-                if self._pending.endswith(stop[:length]):
-                    best = length
+            at = pending.find(stop[0], max(0, len(pending) - len(stop) + 1))
+            while at != -1 and len(pending) - at > best:
+                if stop.startswith(pending[at:]):
+                    best = len(pending) - at
                     break
+                at = pending.find(stop[0], at + 1)
         return best

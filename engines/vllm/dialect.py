@@ -3,6 +3,7 @@
 - Structured output: `response_format` becomes the same GBNF grammar the llama.cpp worker
   enforces (engines/grammar.py), sent as vLLM's `structured_outputs.grammar`, so a schema means
   the same JSON language on both engines.
+- Its own request fields pass only as engines/passthrough.py allows, bounded.
 - Load: vLLM counts its running and waiting requests in its Prometheus metrics.
 """
 
@@ -15,6 +16,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from cellar.engines.grammar import grammar_for
+from cellar.engines.passthrough import vllm_extras
+from cellar.errors import InvalidRequest
 from cellar.protocol import CompletionBody
 
 _EMPTY_FIRST_ALTERNATIVE = re.compile(r"::=(\s*)\|")
@@ -31,17 +34,31 @@ class VllmDialect:
         vLLM stops at the tokenizer's EOS only."""
 
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
-        payload = request.model_dump(exclude_unset=True, by_alias=True)
+        extra = request.model_extra or {}
+        payload = {
+            k: v
+            for k, v in request.model_dump(exclude_unset=True, by_alias=True).items()
+            if k not in extra
+        }
+        payload.update(vllm_extras(extra))  # bounded; 400 for a field Cellar does not pass
         if self.stop_token_ids and not request.ignore_eos:
-            payload["stop_token_ids"] = list(self.stop_token_ids)
-        if request.response_format is None:
-            return payload
+            ends = [*self.stop_token_ids, *payload.get("stop_token_ids", ())]
+            payload["stop_token_ids"] = list(dict.fromkeys(ends))
         grammar = grammar_for(request.response_format)
-        if grammar is None:
-            return payload
-        out = {k: v for k, v in payload.items() if k != "response_format"}
-        out["structured_outputs"] = {"grammar": _EMPTY_FIRST_ALTERNATIVE.sub(r'::=\1"" |', grammar)}
-        return out
+        if grammar is not None:
+            if "structured_outputs" in payload:
+                raise InvalidRequest(
+                    "give `response_format` or vLLM's structured output, not both",
+                    param="response_format",
+                )
+            del payload["response_format"]
+            payload["structured_outputs"] = {"grammar": grammar}
+        structured = payload.get("structured_outputs")
+        if structured is not None and "grammar" in structured:
+            structured["grammar"] = _EMPTY_FIRST_ALTERNATIVE.sub(
+                r'::=\1"" |', structured["grammar"]
+            )
+        return payload
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         try:
