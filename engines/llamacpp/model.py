@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -67,6 +69,13 @@ def load(spec: WorkerSpec) -> Loaded:
     return Loaded(LoadedModel(spec, vocab), native, context, adapters)
 
 
+def _turns(messages: list[ChatMessage], texts: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"role": m.role, "content": text, **({"name": m.name} if m.name else {})}
+        for m, text in zip(messages, texts, strict=True)
+    ]
+
+
 class LoadedModel:
     """Turns requests into prompt tokens, and tokens back into bytes, for one model."""
 
@@ -100,10 +109,19 @@ class LoadedModel:
 
     def encode(self, text: str) -> list[int]:
         """Tokenize prompt text (special tokens parsed) with one BOS if the model wants it."""
-        tokens = self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self._with_bos(self._tokens(text, special=True))
+
+    def _tokens(self, text: str, special: bool) -> list[int]:
+        return self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def _with_bos(self, tokens: list[int]) -> list[int]:
         if self._add_bos and self._bos >= 0 and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)
         return tokens
+
+    def _has_control_text(self, text: str) -> bool:
+        """Whether `text` holds the text of a special token (`<end_of_turn>`, `<bos>`...)."""
+        return bool(text) and self._tokens(text, special=True) != self._tokens(text, False)
 
     def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
         if self.template is None:
@@ -112,11 +130,18 @@ class LoadedModel:
                 "sets no `chat_template`; use /v1/completions or configure one",
                 param="messages",
             )
-        rendered: list[dict[str, Any]] = [
-            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-            for m in messages
-        ]
-        return self.encode(self.template.render(rendered, add_generation_prompt=True))
+        texts = [m.text() for m in messages]
+        if not any(self._has_control_text(text) for text in texts):
+            return self.encode(self.template.render(_turns(messages, texts)))
+        # Someone's text spells a control token: only the template's own markers may be
+        # special, so each text is tokenized as text where the template puts it.
+        fence = f"\ue000{secrets.token_hex(8)}:"
+        places = [f"{fence}{i}\ue001" for i in range(len(texts))]
+        marked = self.template.render(_turns(messages, places))
+        tokens: list[int] = []
+        for n, part in enumerate(re.split(re.escape(fence) + "(\\d+)\ue001", marked)):
+            tokens += self._tokens(texts[int(part)], False) if n % 2 else self._tokens(part, True)
+        return self._with_bos(tokens)
 
     def completion_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):

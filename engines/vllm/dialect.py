@@ -3,6 +3,7 @@
 - Structured output: `response_format` becomes the same GBNF grammar the llama.cpp worker
   enforces (engines/grammar.py), sent as vLLM's `structured_outputs.grammar`, so a schema means
   the same JSON language on both engines.
+- No message can spell a control token (engines/vllm/control.py).
 - Its own request fields pass only as engines/passthrough.py allows, bounded.
 - Load: vLLM counts its running and waiting requests in its Prometheus metrics.
 """
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cellar.engines.grammar import grammar_for
 from cellar.engines.passthrough import vllm_extras
+from cellar.engines.vllm.control import Defuser
 from cellar.errors import InvalidRequest
 from cellar.protocol import CompletionBody
 
@@ -28,10 +30,13 @@ _WAITING = "vllm:num_requests_waiting"
 
 
 class VllmDialect:
-    def __init__(self, stop_token_ids: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, stop_token_ids: tuple[int, ...] = (), control_texts: tuple[str, ...] = ()
+    ) -> None:
         self.stop_token_ids = stop_token_ids
         """Every token the model's generation ends at (llama.cpp's end-of-generation set):
         vLLM stops at the tokenizer's EOS only."""
+        self._defuser = Defuser(control_texts)
 
     def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
         extra = request.model_extra or {}
@@ -41,6 +46,8 @@ class VllmDialect:
             if k not in extra
         }
         payload.update(vllm_extras(extra))  # bounded; 400 for a field Cellar does not pass
+        if isinstance(payload.get("messages"), list):
+            self._defuser.messages(payload["messages"])
         if self.stop_token_ids and not request.ignore_eos:
             ends = [*self.stop_token_ids, *payload.get("stop_token_ids", ())]
             payload["stop_token_ids"] = list(dict.fromkeys(ends))

@@ -17,6 +17,7 @@ from cellar.config import VllmSettings
 from cellar.deployments import ResolvedDeployment
 from cellar.engines.channel import Channel
 from cellar.engines.process import WorkerProcess
+from cellar.engines.vllm.control import control_texts
 from cellar.engines.vllm.dialect import VllmDialect
 from cellar.engines.vllm.runtime import interpreter
 from cellar.rundir import private_dir, socket_path, write_private
@@ -124,7 +125,7 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     argv = python_module("cellar.engines.guard", "--", *command)
     argv += server_args(deployment, channel.uds, log_level)
     env = worker_env(settings, log_level, channel.secret)
-    dialect = VllmDialect(end_of_generation(deployment.path))
+    dialect = VllmDialect(end_of_generation(deployment.path), control_texts(deployment.path))
     return WorkerProcess(deployment.spec.name, argv, channel=channel, dialect=dialect, env=env)
 
 
