@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -145,7 +146,8 @@ def create_worker_app(service: WorkerService) -> FastAPI:
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         service.check_model(body)
         body.check_supported()
-        prompt = service.model.chat_prompt(body.messages)
+        # A template from a model file may be slow (bounded, see cellar.chat): off the loop.
+        prompt = await asyncio.to_thread(service.model.chat_prompt, body.messages)
         return await service.run(request, "chat", body, prompt, body.token_limit())
 
     @app.post("/v1/completions")
