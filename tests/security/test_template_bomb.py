@@ -74,9 +74,7 @@ def test_the_worker_renders_off_its_loop_and_keeps_streaming(
             time.sleep(0.05)
         started = time.monotonic()
         with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(
-                model=MODEL, messages=LONG_MESSAGE, max_tokens=4
-            )
+            client.chat.completions.create(model=MODEL, messages=LONG_MESSAGE, max_tokens=4)
         ended = time.monotonic()
         assert ended - started < RENDER_TIMEOUT_S + 3
         assert "took longer" in str(caught.value.body)
