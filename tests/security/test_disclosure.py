@@ -30,6 +30,14 @@ def test_anonymous_callers_learn_only_readiness(tmp_path: Path) -> None:
                 ready = (await gw.http.get("/health/ready", headers=headers)).json()
                 assert [set(m) for m in ready["models"]] == [{"name", "state"}] * 2
                 assert "audit" not in ready
+            # a key limited to some models learns nothing of the others from a refusal
+            restricted = {"Authorization": f"Bearer {user}"}
+            for model in ("hidden", "no-such-model"):
+                body = {"model": model, "prompt": "hi", "max_tokens": 1}
+                refused = await gw.http.post("/v1/completions", json=body, headers=restricted)
+                assert refused.status_code == 403 and "hidden" not in refused.text.replace(
+                    f"`{model}`", ""
+                )
             headers = {"Authorization": f"Bearer {admin}"}
             schema = (await gw.http.get("/openapi.json", headers=headers)).json()
             assert "/v1/chat/completions" in schema["paths"]
