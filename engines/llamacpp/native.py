@@ -153,6 +153,11 @@ class BatchedContext:
         if not llama_cpp.llama_memory_seq_rm(self._memory, seq, from_pos, -1):
             raise NativeError(f"could not drop KV cells of sequence {seq} from {from_pos}")
 
+    def share(self, source: int, target: int, upto: int) -> None:
+        """Give sequence `target` the KV cells of `source` at positions 0..upto-1 (in the
+        unified cache the cells are shared, not copied). `target` must hold none there."""
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, upto)
+
     def close(self) -> None:
         if self.ptr:
             llama_cpp.llama_batch_free(self._batch)

@@ -7,10 +7,16 @@ One decode thread owns the context. Each step it builds one batch holding
 decodes it, and samples every sequence whose logits came out of that step with its own sampler
 chain. Requests beyond the `n_parallel` slots wait in FIFO order.
 
-A slot keeps the KV of its last request after it finishes. A new request goes to the free slot
-whose cached tokens share the longest prefix with its prompt and computes only the rest. The
-last prompt token is always decoded in a step of its own, so a repeated request sees the same
-logits whether its prefix was cached or not.
+A slot keeps the KV of its last request after it finishes. A new request starts from the
+longest prefix of its prompt held by any slot, idle or running: in its own slot it is kept, from
+another it is shared (llama.cpp's unified cache gives the new sequence the same KV cells, at no
+cost), and only the rest is computed. A request whose prefix another request is still
+computing waits for it (parked) rather than computing it again, so requests arriving together
+with one system prompt compute it once. Free slots are taken least recently used first, so the
+idle prefix evicted is the oldest. Prefill goes shortest-remaining first within each step's
+budget, so a request whose prefix is cached gets its first token without queueing behind long
+prompts. The last prompt token is always decoded in a step of its own, so a repeated request
+sees the same logits whether its prefix was cached or not.
 
 LoRA adapters apply to the whole context, so one step decodes the sequences of one adapter (or
 of the base model) only. When requests for several are running, the steps take turns between
@@ -35,6 +41,10 @@ from cellar.engines.llamacpp.sampling import SequenceSampler, token_logprob
 from cellar.engines.llamacpp.textstream import TextStream
 
 log = logging.getLogger("cellar.worker.scheduler")
+
+
+MIN_WAIT_FOR = 32
+"""Shared prompt tokens worth parking for, beyond what is cached already."""
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -72,6 +82,8 @@ class Active:
     row: int = -1
     """Batch row whose logits this sequence samples from after the current step; -1: none."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    after: tuple[Active, int] | None = None
+    """Parked: waits until that request has computed this many shared prompt tokens."""
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         taken, self.logprobs = tuple(self.logprobs), []
@@ -135,6 +147,7 @@ class BatchScheduler:
         while self._pull(block=not self._active):
             try:
                 self._drop_cancelled()
+                self._unpark()
                 self._admit()
                 if self._active:
                     self._step()
@@ -178,24 +191,75 @@ class BatchScheduler:
             if slot is None:
                 return
             job = self._waiting.popleft()
-            reuse = min(self._reusable(slot, job), len(job.prompt) - 1)
-            slot.adapter = job.adapter
-            try:
-                self._ctx.forget(slot.seq, reuse)
-            except NativeError:  # this cache cannot cut a sequence there: compute it all
-                reuse = 0
-                self._ctx.forget(slot.seq)
-            del slot.cached[reuse:]
-            job.cached_tokens = reuse
-            self.counters.prompt_tokens_cached += reuse
             try:
                 sampler = SequenceSampler(job.params, self._model)
             except Exception as exc:
                 job.emit(GenerationError(f"could not set up sampling: {exc}"))
                 continue
             slot.busy = True
-            text = TextStream(job.params.stop)
-            self._active.append(Active(job, slot, job.prompt[reuse:], sampler, text))
+            active = Active(job, slot, [], sampler, TextStream(job.params.stop))
+            self._active.append(active)
+            active.after = self._computing(job)
+            if active.after is None:
+                self._start(active)
+
+    def _best_cached(self, job: Job) -> tuple[Slot | None, int]:
+        """The slot holding the longest prefix of the job's prompt (under its adapter)."""
+        best, length = None, 0
+        for slot in self._slots:
+            found = self._reusable(slot, job)
+            if found > length:
+                best, length = slot, found
+        return best, length
+
+    def _computing(self, job: Job) -> tuple[Active, int] | None:
+        """A running request still computing a longer prefix of this prompt than any slot
+        holds, and how long, when it is worth waiting for."""
+        _, cached = self._best_cached(job)
+        best: tuple[Active, int] | None = None
+        for other in self._active:
+            if other.job is job or other.job.adapter != job.adapter or not other.pending:
+                continue
+            shared = min(common_prefix(other.job.prompt, job.prompt), len(job.prompt) - 1)
+            if shared >= cached + MIN_WAIT_FOR and (best is None or shared > best[1]):
+                best = (other, shared)
+        return best
+
+    def _unpark(self) -> None:
+        for active in self._active:
+            if active.after is None:
+                continue
+            source, length = active.after
+            if source not in self._active or len(source.slot.cached) >= length:
+                active.after = None
+                self._start(active)
+
+    def _start(self, active: Active) -> None:
+        """Set the request's slot to the longest cached prefix of its prompt (kept, or shared
+        from another slot) and leave the rest of the prompt to compute."""
+        job, slot = active.job, active.slot
+        limit = len(job.prompt) - 1
+        own = min(self._reusable(slot, job), limit)
+        source, shared = self._best_cached(job)
+        shared = min(shared, limit)
+        ctx = self._ctx
+        if source is not None and source is not slot and shared > own:
+            ctx.forget(slot.seq)
+            ctx.share(source.seq, slot.seq, shared)
+            slot.cached[:] = source.cached[:shared]
+            reuse = shared
+        else:
+            reuse = own
+            try:
+                ctx.forget(slot.seq, reuse)
+            except NativeError:  # this cache cannot cut a sequence there: compute it all
+                reuse = 0
+                ctx.forget(slot.seq)
+            del slot.cached[reuse:]
+        slot.adapter = job.adapter
+        job.cached_tokens = reuse
+        self.counters.prompt_tokens_cached += reuse
+        active.pending = job.prompt[reuse:]
 
     def _next_turn(self) -> str | None:
         """The adapter this step decodes for: round robin over those with running requests."""
@@ -218,9 +282,11 @@ class BatchScheduler:
             if active.next_token is not None:
                 active.row = self._feed(active, active.next_token, logits=True)
                 active.next_token = None
-        for active in mine:
+        for active in sorted(mine, key=lambda a: len(a.pending)):
             if active.pending and ctx.batch_room:
                 self._prefill(active)
+        if not ctx.n_tokens:  # only parked requests this turn
+            return
         ctx.decode()
         self.counters.decode_steps += 1
         for active in list(self._active):

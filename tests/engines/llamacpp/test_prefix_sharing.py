@@ -1,0 +1,95 @@
+"""Prefix sharing across sequences in the llama.cpp scheduler, on the bundled model: a prefix is
+computed once for requests that arrive together, taken from whichever slot holds it, counted
+exactly, and changes no greedy answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from cellar.engines.llamacpp.jobs import SamplingParams
+from cellar.engines.llamacpp.native import BatchedContext, ContextShape, NativeModel
+from cellar.engines.llamacpp.scheduler import BatchScheduler, common_prefix
+
+SYSTEM = " ".join(f"Rule {i}: answer politely and briefly, citing rule {i}." for i in range(20))
+QUESTIONS = ["What is rule 3?", "Name rule 11.", "Is rule 19 kind?", "Say hello."]
+
+
+@dataclass
+class Answer:
+    text: str
+    cached: int
+    prompt: list[int]
+
+
+@pytest.fixture(scope="module")
+def vocab(bundled_gguf: Path) -> llama_cpp.Llama:
+    return llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def model(bundled_gguf: Path) -> Iterator[NativeModel]:
+    native = NativeModel(bundled_gguf, 0)
+    yield native
+    native.close()
+
+
+def _tokens(vocab: llama_cpp.Llama, text: str) -> list[int]:
+    return list(vocab.tokenize(text.encode(), add_bos=True, special=False))
+
+
+def _run(
+    model: NativeModel, vocab: llama_cpp.Llama, prompts: list[list[int]], slots: int = 4
+) -> tuple[list[Answer], BatchScheduler]:
+    """Submit every prompt at once to a fresh scheduler (greedy, 8 tokens each)."""
+    context = BatchedContext(model, ContextShape(1024, slots, 128, 2))
+    scheduler = BatchScheduler(model, context, lambda t: vocab.detokenize([t]))
+
+    async def one(prompt: list[int]) -> Answer:
+        params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        job = scheduler.submit(prompt, params)
+        text = "".join([piece.text async for piece in job.pieces()])
+        return Answer(text, job.cached_tokens, prompt)
+
+    async def all_of() -> list[Answer]:
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    try:
+        return asyncio.run(all_of()), scheduler
+    finally:
+        scheduler.close()
+        context.close()
+
+
+def test_requests_arriving_together_compute_their_shared_prefix_once(
+    model: NativeModel, vocab: llama_cpp.Llama
+) -> None:
+    prompts = [_tokens(vocab, f"{SYSTEM}\nQuestion: {q}\nAnswer:") for q in QUESTIONS]
+    shared = min(common_prefix(prompts[0], p) for p in prompts[1:])
+    assert shared > 200
+    answers, scheduler = _run(model, vocab, prompts)
+    assert answers[0].cached == 0  # the first computes it
+    for answer in answers[1:]:
+        assert answer.cached == common_prefix(prompts[0], answer.prompt)  # exact counts
+    counters = scheduler.counters
+    assert counters.prompt_tokens_cached == sum(a.cached for a in answers)
+    assert counters.prompt_tokens_evaluated + counters.prompt_tokens_cached == sum(
+        len(p) for p in prompts
+    )
+    assert counters.prompt_tokens_evaluated < len(prompts[0]) + 4 * 20  # not 4 x the prefix
+
+
+def test_a_shared_prefix_changes_no_greedy_answer(
+    model: NativeModel, vocab: llama_cpp.Llama
+) -> None:
+    first, second = (_tokens(vocab, f"{SYSTEM}\nQuestion: {q}\nAnswer:") for q in QUESTIONS[:2])
+    [alone], _ = _run(model, vocab, [second], slots=1)
+    assert alone.cached == 0
+    answers, _ = _run(model, vocab, [first, second], slots=2)
+    assert answers[1].cached == common_prefix(first, second)  # taken from the other sequence
+    assert answers[1].text == alone.text
