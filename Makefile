@@ -44,7 +44,7 @@ BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
 
-.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters clean
+.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server clean
 
 setup: $(IMPORTED) tools
 
@@ -128,6 +128,10 @@ bench-adapters: setup
 
 bench-vllm: setup $(VLLM_READY)
 	$(PY) -m cellar.benchmarks.vllm_overhead
+
+# Against llama.cpp's own C++ server, built once from the cached sdist (a baseline, never shipped).
+bench-llama-server: setup $(LLAMA_SDIST)
+	$(PY) -m cellar.benchmarks.llama_server
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json

@@ -1,0 +1,259 @@
+"""Cellar against llama.cpp's own C++ `llama-server`, on the same GGUF, in one run.
+
+    python -m cellar.benchmarks.llama_server [--runs 3] [--threads 2]
+
+llama-server is built once from the llama-cpp-python source package that `make setup`
+downloads (the same llama.cpp that the installed llama-cpp-python vendors), into
+~/.cache/cellar/llama-server-<version>; it is a baseline only and never shipped. Both servers get
+the same GGUF, thread count, 8 slots of 4096 tokens, flash attention and full sliding-window
+KV (so both can reuse prompt prefixes), one after the other on this machine, each freshly
+started for every run. Every request uses a fresh connection (llama-server has been seen to
+drop keep-alive connections) and asks for a fixed number of tokens (`ignore_eos`), so both
+servers produce the same amount of text.
+
+Workloads:
+- 1, 4 and 8 clients, each streaming 2 completions of 128 tokens back to back: output tok/s.
+- Shared prefix chat: 8 clients, 2 rounds each, a ~650-token system prompt shared by all plus a
+  question of their own, 64 tokens: TTFT p50 / p90 over the 16 requests, and output tok/s.
+
+Prints the median of the runs for each figure, side by side, with Cellar's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import platformdirs
+import yaml
+
+from cellar.benchmarks.batching import TOPICS, _running
+from cellar.benchmarks.gateway import bundled_gguf, spawn_gateway
+from cellar.engines.process import free_port
+
+VERSION = "0.3.36"
+SDIST = (
+    Path.home() / ".cache" / "cellar" / "wheels" / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz"
+)
+MODEL = "bench-model"
+SLOTS = 8
+N_CTX = 4096
+CFLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+"""As `make setup` builds llama-cpp-python on x86-64 (ggml's AMX kernels crash on some VMs)."""
+SYSTEM = " ".join(
+    f"Rule {i}: when a customer asks about order {i}, answer politely, cite rule {i}, and keep "
+    "the reply under three sentences."
+    for i in range(24)
+)
+
+
+def build_llama_server(sdist: Path = SDIST) -> Path:
+    """llama-server built from the sdist's vendored llama.cpp (once; cached)."""
+    root = Path(platformdirs.user_cache_dir("cellar")) / f"llama-server-{VERSION}"
+    binary = root / "build" / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    if not sdist.is_file():
+        raise SystemExit(f"{sdist} is missing: run `make setup` first")
+    print(f"building llama-server from {sdist.name} (10-15 min on 2 cores, once)...", flush=True)
+    source = root / "src"
+    prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            if member.name.startswith(prefix) and (member.isfile() or member.isdir()):
+                member.name = member.name.removeprefix(prefix)
+                if member.name:
+                    tar.extract(member, source, filter="data")
+    env = {**os.environ, "CFLAGS": CFLAGS, "CXXFLAGS": CFLAGS}
+    configure = [
+        "cmake", "-S", str(source), "-B", str(root / "build"), "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF",
+    ]  # fmt: skip
+    subprocess.run(configure, check=True, env=env, capture_output=True)
+    jobs = str(os.cpu_count() or 2)
+    build = ["cmake", "--build", str(root / "build"), "--target", "llama-server", "-j", jobs]
+    subprocess.run(build, check=True, env=env, capture_output=True)
+    return binary
+
+
+def llama_server_argv(binary: Path, model: Path, threads: int, port: int) -> list[str]:
+    return [
+        str(binary), "-m", str(model), "-a", MODEL, "--host", "127.0.0.1", "--port", str(port),
+        "-t", str(threads), "-tb", str(threads), "-np", str(SLOTS), "-c", str(SLOTS * N_CTX),
+        "-fa", "on", "--swa-full",
+    ]  # fmt: skip
+
+
+def cellar_config(model: Path, threads: int, work: Path, port: int) -> Path:
+    config = {
+        "server": {"port": port, "log_level": "warning"},
+        "store": {"path": str(work / "store")},
+        "auth": {"mode": "none"},
+        "audit": {"enabled": False},
+        "models": [
+            {
+                "name": MODEL,
+                "source": str(model),
+                "chat_template": "gemma",
+                "preload": True,
+                "warmup": {"enabled": False},
+                "llamacpp": {"n_ctx": N_CTX, "n_parallel": SLOTS, "n_threads": threads},
+            }
+        ],
+    }
+    path = work / "cellar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def _request(base: str, path: str, body: dict[str, Any]) -> float:
+    """Stream one request on a fresh connection; seconds to its first content event."""
+    started = time.perf_counter()
+    ttft = 0.0
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=600, trust_env=False) as client,
+        client.stream("POST", path, json={**body, "stream": True}) as response,
+    ):
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            if not ttft and (b'"content":"' in chunk or b'"text":"' in chunk):
+                ttft = time.perf_counter() - started
+    return ttft or time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Figures:
+    tok_s: float
+    ttft_p50: float
+    ttft_p90: float
+
+
+def _figures(tokens: int, wall: float, ttfts: list[float]) -> Figures:
+    ordered = sorted(ttfts)
+    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+    return Figures(tokens / wall, statistics.median(ordered), p90)
+
+
+async def completions(base: str, clients: int, rounds: int = 2, tokens: int = 128) -> Figures:
+    async def client(i: int) -> list[float]:
+        body = {"model": MODEL, "max_tokens": tokens, "ignore_eos": True, "temperature": 0.8}
+        return [
+            await _request(
+                base, "/v1/completions", {**body, "prompt": f"Chapter {i}. {TOPICS[i % 8]}"}
+            )
+            for _ in range(rounds)
+        ]
+
+    started = time.perf_counter()
+    ttfts = [t for ts in await asyncio.gather(*(client(i) for i in range(clients))) for t in ts]
+    return _figures(clients * rounds * tokens, time.perf_counter() - started, ttfts)
+
+
+async def shared_prefix(base: str, clients: int = 8, rounds: int = 2, tokens: int = 64) -> Figures:
+    async def client(i: int) -> list[float]:
+        out = []
+        for r in range(rounds):
+            messages = [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"I am customer {i}. What does rule {i + 8 * r} say?"},
+            ]
+            body = {"model": MODEL, "messages": messages, "max_tokens": tokens, "ignore_eos": True}
+            out.append(await _request(base, "/v1/chat/completions", body))
+        return out
+
+    started = time.perf_counter()
+    ttfts = [t for ts in await asyncio.gather(*(client(i) for i in range(clients))) for t in ts]
+    return _figures(clients * rounds * tokens, time.perf_counter() - started, ttfts)
+
+
+WORKLOADS = ("1 client", "4 clients", "8 clients", "shared prefix")
+
+
+async def _measure(base: str) -> dict[str, Figures]:
+    await completions(base, 1, rounds=1, tokens=8)  # warm-up, not counted
+    return {
+        "1 client": await completions(base, 1),
+        "4 clients": await completions(base, 4),
+        "8 clients": await completions(base, 8),
+        "shared prefix": await shared_prefix(base),
+    }
+
+
+@contextmanager
+def _llama_server(binary: Path, model: Path, threads: int, log: Path) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with _running(llama_server_argv(binary, model, threads, port), f"{base}/health", log):
+        yield base
+
+
+@contextmanager
+def _cellar(model: Path, threads: int, work: Path) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with spawn_gateway(cellar_config(model, threads, work, port), work / "cellar.log", base):
+        yield base
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="fresh starts of each server")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled GGUF")
+    args = parser.parse_args(argv)
+    model = args.model or bundled_gguf()
+    binary = build_llama_server()
+    seen: dict[str, list[dict[str, Figures]]] = {"cellar": [], "llama-server": []}
+    with tempfile.TemporaryDirectory(prefix="cellar-vs-llama-server-") as tmp:
+        work = Path(tmp)
+        for run in range(args.runs):
+            with _cellar(model, args.threads, work) as base:
+                seen["cellar"].append(asyncio.run(_measure(base)))
+            log = work / f"llama-server-{run}.log"
+            with _llama_server(binary, model, args.threads, log) as base:
+                seen["llama-server"].append(asyncio.run(_measure(base)))
+            print(f"run {run + 1}/{args.runs} done", flush=True)
+    print(report(seen, args.runs, args.threads))
+    return 0
+
+
+def report(seen: dict[str, list[dict[str, Figures]]], runs: int, threads: int) -> str:
+    def median(server: str, workload: str, figure: str) -> float:
+        return statistics.median(getattr(r[workload], figure) for r in seen[server])
+
+    lines = [
+        f"Cellar vs llama-server (llama.cpp {VERSION}'s), {threads} threads, median of {runs} runs",
+        "",
+        "| workload | figure | Cellar | llama-server | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for workload in WORKLOADS:
+        figures = ["tok_s", "ttft_p50", "ttft_p90"] if workload == "shared prefix" else ["tok_s"]
+        for figure in figures:
+            ours, theirs = (
+                median("cellar", workload, figure),
+                median("llama-server", workload, figure),
+            )
+            unit = "tok/s" if figure == "tok_s" else f"TTFT {figure[-3:]} (s)"
+            lines.append(
+                f"| {workload} | {unit} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
