@@ -55,7 +55,7 @@ CFLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 SYSTEM = " ".join(
     f"Rule {i}: when a customer asks about order {i}, answer politely, cite rule {i}, and keep "
     "the reply under three sentences."
-    for i in range(24)
+    for i in range(21)
 )
 
 
