@@ -5,6 +5,7 @@ checkpoint that --resume continues, and the same seed gives the same adapter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -13,8 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import pytest
 
+from cellar.engines.llamacpp.jobs import SamplingParams
+from cellar.engines.llamacpp.native import (
+    BatchedContext,
+    ContextShape,
+    NativeAdapter,
+    NativeModel,
+)
+from cellar.engines.llamacpp.scheduler import BatchScheduler, common_prefix
 from cellar.store import ModelStore
 from tests.gateway import (
     BUNDLED_NAME,
@@ -216,3 +226,40 @@ def test_the_same_seed_gives_the_same_adapter(taught: ModelStore) -> None:
         assert done.returncode == 0, done.stderr + done.stdout
         shas.append(taught.get(name).sha256)
     assert shas[0] == shas[1]
+
+
+def test_adapters_never_reuse_another_adapter_s_prefix(
+    taught: ModelStore, bundled_gguf: Path
+) -> None:
+    """In the llama.cpp scheduler, a prefix computed under one adapter (or none) is never
+    taken, nor waited for, by a request under another."""
+    vocab = llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
+    native = NativeModel(bundled_gguf, 0)
+    adapter = NativeAdapter(native, taught.file_of(taught.get("mascot-gguf")), 1.0)
+    context = BatchedContext(native, ContextShape(512, 4, 128, 2))
+    scheduler = BatchScheduler(
+        native, context, lambda t: vocab.detokenize([t]), {"gemma:mascot": adapter}
+    )
+    system = " ".join(f"Rule {i}: be brief about rule {i}." for i in range(12))
+    prompts = [
+        list(vocab.tokenize(f"{system}\nQ{i}: {QUESTION}".encode(), add_bos=True)) for i in range(3)
+    ]
+
+    async def run(jobs: list[tuple[list[int], str | None]]) -> list[int]:
+        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+        submitted = [scheduler.submit(prompt, params, adapter) for prompt, adapter in jobs]
+        for job in submitted:
+            [_ async for _ in job.pieces()]
+        return [job.cached_tokens for job in submitted]
+
+    try:
+        # together: the base request computes the prefix; the adapter's cannot share it
+        assert asyncio.run(run([(prompts[0], None), (prompts[1], "gemma:mascot")])) == [0, 0]
+        # later, each reuses only what was computed under its own adapter
+        cached = asyncio.run(run([(prompts[2], "gemma:mascot"), (prompts[2], None)]))
+        assert cached == [common_prefix(prompts[1], prompts[2])] * 2
+    finally:
+        scheduler.close()
+        context.close()
+        adapter.close()
+        native.close()
