@@ -45,6 +45,8 @@ log = logging.getLogger("cellar.worker.scheduler")
 
 MIN_WAIT_FOR = 32
 """Shared prompt tokens worth parking for, beyond what is cached already."""
+MIN_REUSE = 8
+"""Cached prompt tokens worth choosing a slot for over the least recently used one."""
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -176,10 +178,18 @@ class BatchScheduler:
             self._release(active)
 
     def _pick_slot(self, job: Job) -> Slot | None:
+        """The free slot holding the longest prefix of the job's prompt; when none holds one
+        worth keeping (MIN_REUSE), the least recently used, so idle prefixes are evicted
+        oldest first (a slot never used is the oldest)."""
         free = [slot for slot in self._slots if not slot.busy]
         if not free:
             return None
-        return max(free, key=lambda s: (self._reusable(s, job), -s.last_used))
+
+        def worth(slot: Slot) -> tuple[int, float]:
+            reuse = self._reusable(slot, job)
+            return (reuse if reuse >= MIN_REUSE else 0, -slot.last_used)
+
+        return max(free, key=worth)
 
     @staticmethod
     def _reusable(slot: Slot, job: Job) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from cellar.engines.llamacpp.jobs import SamplingParams
 from cellar.engines.llamacpp.native import BatchedContext, ContextShape, NativeModel
-from cellar.engines.llamacpp.scheduler import BatchScheduler, common_prefix
+from cellar.engines.llamacpp.scheduler import MIN_REUSE, BatchScheduler, common_prefix
 
 SYSTEM = " ".join(f"Rule {i}: answer politely and briefly, citing rule {i}." for i in range(20))
 QUESTIONS = ["What is rule 3?", "Name rule 11.", "Is rule 19 kind?", "Say hello."]
@@ -44,10 +44,14 @@ def _tokens(vocab: llama_cpp.Llama, text: str) -> list[int]:
 
 
 def _run(
-    model: NativeModel, vocab: llama_cpp.Llama, prompts: list[list[int]], slots: int = 4
+    model: NativeModel,
+    vocab: llama_cpp.Llama,
+    prompts: list[list[int]],
+    slots: int = 4,
+    shape: ContextShape | None = None,
 ) -> tuple[list[Answer], BatchScheduler]:
     """Submit every prompt at once to a fresh scheduler (greedy, 8 tokens each)."""
-    context = BatchedContext(model, ContextShape(1024, slots, 128, 2))
+    context = BatchedContext(model, shape or ContextShape(1024, slots, 128, 2))
     scheduler = BatchScheduler(model, context, lambda t: vocab.detokenize([t]))
 
     async def one(prompt: list[int]) -> Answer:
@@ -93,3 +97,36 @@ def test_a_shared_prefix_changes_no_greedy_answer(
     answers, _ = _run(model, vocab, [first, second], slots=2)
     assert answers[1].cached == common_prefix(first, second)  # taken from the other sequence
     assert answers[1].text == alone.text
+
+
+def test_idle_prefixes_are_evicted_oldest_first_and_answers_stay_the_same(
+    model: NativeModel, vocab: llama_cpp.Llama
+) -> None:
+    """Two slots, three conversations taking turns: each request finds exactly what the slots
+    still hold, completes, and a request repeated in place answers the same."""
+    topics = ["the sea and its tides", "mountains in winter", "a city market at dawn"]
+    prompts = [_tokens(vocab, f"Write a long essay about {t}. It begins:") for t in topics]
+    context = BatchedContext(model, ContextShape(256, 2, 64, 2))
+    scheduler = BatchScheduler(model, context, lambda t: vocab.detokenize([t]))
+
+    async def ask(prompt: list[int]) -> tuple[str, int]:
+        params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+        job = scheduler.submit(prompt, params)
+        text = "".join([piece.text async for piece in job.pieces()])
+        return text, job.cached_tokens
+
+    try:
+        texts = []
+        for turn in (0, 1, 2, 0, 1, 2, 2):
+            held = [slot.cached[:] for slot in scheduler._slots]  # the decode thread is idle
+            expected = max(common_prefix(h, prompts[turn]) for h in held)
+            expected = min(expected, len(prompts[turn]) - 1)
+            text, cached = asyncio.run(ask(prompts[turn]))
+            assert len(vocab.tokenize(text.encode(), add_bos=False)) >= 6, text
+            assert cached == expected or (expected < MIN_REUSE and cached <= expected)
+            texts.append(text)
+        assert texts[-1] == texts[-2]  # the whole prompt cached in its own slot: same answer
+        assert scheduler.counters.prompt_tokens_cached >= len(prompts[2]) - 1
+    finally:
+        scheduler.close()
+        context.close()
