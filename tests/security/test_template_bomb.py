@@ -82,4 +82,4 @@ def test_the_worker_renders_off_its_loop_and_keeps_streaming(
         during = [t for t in arrivals if started <= t <= ended]
         assert len(arrivals) >= 240 and len(during) >= 5  # the stream went on meanwhile
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-        assert max(gaps) < 1.0
+        assert max(gaps) < RENDER_TIMEOUT_S  # never frozen for the whole rendering
