@@ -179,15 +179,19 @@ class BatchScheduler:
 
     def _pick_slot(self, job: Job) -> Slot | None:
         """The free slot holding the longest prefix of the job's prompt; when none holds one
-        worth keeping (MIN_REUSE), the least recently used, so idle prefixes are evicted
-        oldest first (a slot never used is the oldest)."""
+        worth keeping (MIN_REUSE tokens, or all but the last of a shorter prompt), the least
+        recently used, so idle prefixes are evicted oldest first (a slot never used is the
+        oldest). A request repeated alone lands in the slot that computed it, so it sees the
+        same KV cells and gives the same answer."""
         free = [slot for slot in self._slots if not slot.busy]
         if not free:
             return None
 
+        enough = min(MIN_REUSE, len(job.prompt) - 1)  # a short prompt repeated: its own slot
+
         def worth(slot: Slot) -> tuple[int, float]:
             reuse = self._reusable(slot, job)
-            return (reuse if reuse >= MIN_REUSE else 0, -slot.last_used)
+            return (reuse if reuse >= enough else 0, -slot.last_used)
 
         return max(free, key=worth)
 
