@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from cellar.store import ModelStore
@@ -44,6 +45,12 @@ def bundled_gguf() -> Path:
         BUNDLED_GGUF.parent.mkdir(parents=True, exist_ok=True)
         assemble(BUNDLED_GGUF)
     return BUNDLED_GGUF
+
+
+@pytest.fixture(scope="session")
+def vocab(bundled_gguf: Path) -> llama_cpp.Llama:
+    """The bundled model's tokenizer (vocabulary only), for exact token counts."""
+    return llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
 
 
 @pytest.fixture(scope="session")

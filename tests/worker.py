@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,18 +33,24 @@ class BareWorker:
         return {"Authorization": f"Bearer {self.secret}"}
 
 
+def worker_spec(gguf: Path, **settings: Any) -> WorkerSpec:
+    """A spec for the bundled model on the CPU; `settings` override the defaults."""
+    defaults: dict[str, Any] = {
+        "name": MODEL,
+        "model_path": gguf,
+        "n_ctx": N_CTX,
+        "n_parallel": 2,
+        "n_threads": None,
+        "n_batch": 512,
+        "n_gpu_layers": 0,
+        "chat_template": None,
+        "log_level": "warning",
+    }
+    return WorkerSpec(**{**defaults, **settings})
+
+
 def worker_argv(gguf: Path, *where: str) -> list[str]:
-    spec = WorkerSpec(
-        name=MODEL,
-        model_path=gguf,
-        n_ctx=N_CTX,
-        n_parallel=2,
-        n_threads=None,
-        n_batch=512,
-        n_gpu_layers=0,
-        chat_template=None,
-        log_level="warning",
-    )
+    spec = worker_spec(gguf)
     return python_module("cellar.engines.llamacpp.worker", *where, "--spec", spec.model_dump_json())
 
 

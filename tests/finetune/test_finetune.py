@@ -229,11 +229,10 @@ def test_the_same_seed_gives_the_same_adapter(taught: ModelStore) -> None:
 
 
 def test_adapters_never_reuse_another_adapter_s_prefix(
-    taught: ModelStore, bundled_gguf: Path
+    taught: ModelStore, bundled_gguf: Path, vocab: llama_cpp.Llama
 ) -> None:
     """In the llama.cpp scheduler, a prefix computed under one adapter (or none) is never
     taken, nor waited for, by a request under another."""
-    vocab = llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
     native = NativeModel(bundled_gguf, 0)
     adapter = NativeAdapter(native, taught.file_of(taught.get("mascot-gguf")), 1.0)
     context = BatchedContext(native, ContextShape(512, 4, 128, 2))

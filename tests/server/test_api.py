@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import llama_cpp
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -17,11 +15,6 @@ QUESTION: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Name three colours of the rainbow."}
 ]
 PROMPT = "The history of the city of Paris begins"
-
-
-@pytest.fixture(scope="module")
-def vocab(bundled_gguf: Path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
 
 
 def test_models_list_shows_the_deployment(gateway: Gateway) -> None:

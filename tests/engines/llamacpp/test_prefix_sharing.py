@@ -28,11 +28,6 @@ class Answer:
 
 
 @pytest.fixture(scope="module")
-def vocab(bundled_gguf: Path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(str(bundled_gguf), vocab_only=True, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def model(bundled_gguf: Path) -> Iterator[NativeModel]:
     native = NativeModel(bundled_gguf, 0)
     yield native
