@@ -9,6 +9,7 @@ GIL, so the decode thread never stalls the worker's event loop.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class BatchedContext:
                 f"({shape.n_parallel} sequences x {shape.n_ctx_per_seq}); lower n_ctx or n_parallel"
             )
         self._memory = llama_cpp.llama_get_memory(self.ptr)
-        self._batch = llama_cpp.llama_batch_init(shape.n_batch, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(shape.n_batch, 0, shape.n_parallel)
         self.n_tokens = 0
         self.adapter: NativeAdapter | None = None
 
@@ -125,14 +126,20 @@ class BatchedContext:
     def batch_room(self) -> int:
         return self.shape.n_batch - self.n_tokens
 
-    def add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
-        """Append one token of sequence `seq` at position `pos`; returns its batch index."""
+    def add(
+        self, token: int, pos: int, seq: int, want_logits: bool, also: Sequence[int] = ()
+    ) -> int:
+        """Append one token of sequence `seq` at position `pos`, and of the sequences `also`
+        at the same position (one KV cell that they all hold); returns its batch index."""
         i = self.n_tokens
         batch = self._batch
         batch.token[i] = token
         batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq
+        batch.n_seq_id[i] = 1 + len(also)
+        ids = batch.seq_id[i]
+        ids[0] = seq
+        for k, other in enumerate(also, 1):
+            ids[k] = other
         batch.logits[i] = want_logits
         self.n_tokens = i + 1
         return i

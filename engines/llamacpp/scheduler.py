@@ -11,8 +11,10 @@ A slot keeps the KV of its last request after it finishes. A new request starts 
 longest prefix of its prompt held by any slot, idle or running: in its own slot it is kept, from
 another it is shared (llama.cpp's unified cache gives the new sequence the same KV cells, at no
 cost), and only the rest is computed. A request whose prefix another request is still
-computing waits for it (parked) rather than computing it again, so requests arriving together
-with one system prompt compute it once. Free slots are taken least recently used first, so the
+computing rides along with it: each further token of the shared part is decoded once, as one KV
+cell that both sequences hold (a batch token may belong to several sequences), so requests
+arriving together with one system prompt compute it once, and each goes on to its own question
+in the step that finishes the shared part. Free slots are taken least recently used first, so the
 idle prefix evicted is the oldest. Prefill goes shortest-remaining first within each step's
 budget, so a request whose prefix is cached gets its first token without queueing behind long
 prompts. The last prompt token is always decoded in a step of its own, so a repeated request
@@ -43,8 +45,9 @@ from cellar.engines.llamacpp.textstream import TextStream
 log = logging.getLogger("cellar.worker.scheduler")
 
 
-MIN_WAIT_FOR = 32
-"""Shared prompt tokens worth parking for, beyond what is cached already."""
+MIN_RIDE = 32
+"""Shared prompt tokens, beyond what is cached already, worth riding along with a request that
+is computing them."""
 MIN_REUSE = 8
 """Cached prompt tokens worth choosing a slot for over the least recently used one."""
 
@@ -84,8 +87,10 @@ class Active:
     row: int = -1
     """Batch row whose logits this sequence samples from after the current step; -1: none."""
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    after: tuple[Active, int] | None = None
-    """Parked: waits until that request has computed this many shared prompt tokens."""
+    ride: tuple[Active, int] | None = None
+    """Riding along with that request's prefill up to this many shared prompt tokens."""
+    riders: list[Active] = field(default_factory=list)
+    """Requests riding along with this one's prefill."""
 
     def take_logprobs(self) -> tuple[TokenLogprob, ...]:
         taken, self.logprobs = tuple(self.logprobs), []
@@ -149,7 +154,6 @@ class BatchScheduler:
         while self._pull(block=not self._active):
             try:
                 self._drop_cancelled()
-                self._unpark()
                 self._admit()
                 if self._active:
                     self._step()
@@ -213,9 +217,7 @@ class BatchScheduler:
             slot.busy = True
             active = Active(job, slot, [], sampler, TextStream(job.params.stop))
             self._active.append(active)
-            active.after = self._computing(job)
-            if active.after is None:
-                self._start(active)
+            self._start(active)
 
     def _best_cached(self, job: Job) -> tuple[Slot | None, int]:
         """The slot holding the longest prefix of the job's prompt (under its adapter)."""
@@ -226,27 +228,28 @@ class BatchScheduler:
                 best, length = slot, found
         return best, length
 
-    def _computing(self, job: Job) -> tuple[Active, int] | None:
-        """A running request still computing a longer prefix of this prompt than any slot
-        holds, and how long, when it is worth waiting for."""
-        _, cached = self._best_cached(job)
+    def _leader(self, active: Active) -> tuple[Active, int] | None:
+        """A request still computing a longer prefix of this one's prompt, from exactly where
+        this one's KV ends, and how far they share it, when that is worth riding along for."""
+        job, at = active.job, len(active.slot.cached)
         best: tuple[Active, int] | None = None
         for other in self._active:
-            if other.job is job or other.job.adapter != job.adapter or not other.pending:
+            if (
+                other is active
+                or other.ride is not None
+                or other.job.adapter != job.adapter
+                or len(other.slot.cached) != at
+                or len(other.pending) < 2
+            ):
                 continue
-            shared = min(common_prefix(other.job.prompt, job.prompt), len(job.prompt) - 1)
-            if shared >= cached + MIN_WAIT_FOR and (best is None or shared > best[1]):
-                best = (other, shared)
+            upto = min(
+                common_prefix(other.job.prompt, job.prompt),
+                len(job.prompt) - 1,
+                len(other.job.prompt) - 1,
+            )
+            if upto >= at + MIN_RIDE and (best is None or upto > best[1]):
+                best = (other, upto)
         return best
-
-    def _unpark(self) -> None:
-        for active in self._active:
-            if active.after is None:
-                continue
-            source, length = active.after
-            if source not in self._active or len(source.slot.cached) >= length:
-                active.after = None
-                self._start(active)
 
     def _start(self, active: Active) -> None:
         """Set the request's slot to the longest cached prefix of its prompt (kept, or shared
@@ -274,6 +277,9 @@ class BatchScheduler:
         job.cached_tokens = reuse
         self.counters.prompt_tokens_cached += reuse
         active.pending = job.prompt[reuse:]
+        active.ride = self._leader(active)
+        if active.ride is not None:
+            active.ride[0].riders.append(active)
 
     def _next_turn(self) -> str | None:
         """The adapter this step decodes for: round robin over those with running requests."""
@@ -296,10 +302,13 @@ class BatchScheduler:
             if active.next_token is not None:
                 active.row = self._feed(active, active.next_token, logits=True)
                 active.next_token = None
-        for active in sorted(mine, key=lambda a: len(a.pending)):
-            if active.pending and ctx.batch_room:
-                self._prefill(active)
-        if not ctx.n_tokens:  # only parked requests this turn
+        order = sorted(
+            (a for a in mine if a.pending and a.ride is None), key=lambda a: len(a.pending)
+        )
+        for active in order:  # riders set free on the way join the end of the line
+            if ctx.batch_room:
+                order.extend(self._prefill(active))
+        if not ctx.n_tokens:
             return
         ctx.decode()
         self.counters.decode_steps += 1
@@ -313,17 +322,47 @@ class BatchScheduler:
         slot.cached.append(token)
         return row
 
-    def _prefill(self, active: Active) -> None:
+    def _prefill(self, active: Active) -> list[Active]:
+        """Feed the next chunk of the request's prompt (its last token alone, in a step after
+        the rest); returns the riders that reached the end of what they share with it and
+        have more than their last token of their own to compute."""
         pending = active.pending
         if len(pending) == 1:
             active.row = self._feed(active, pending.pop(), logits=True)
             self.counters.prompt_tokens_evaluated += 1
-            return
+            return []
         count = min(self._ctx.batch_room, len(pending) - 1)
-        for token in pending[:count]:
-            self._feed(active, token, logits=False)
+        slot, start = active.slot, len(active.slot.cached)
+        carried = [(rider, upto, min(count, upto - start)) for rider, upto in self._riding(active)]
+        for k, token in enumerate(pending[:count]):
+            also = [rider.slot.seq for rider, _, n in carried if k < n]
+            self._ctx.add(token, start + k, slot.seq, False, also)
+        slot.cached.extend(pending[:count])
         del pending[:count]
         self.counters.prompt_tokens_evaluated += count
+        free = []
+        for rider, upto, n in carried:
+            rider.slot.cached.extend(rider.pending[:n])
+            del rider.pending[:n]
+            rider.job.cached_tokens += n
+            self.counters.prompt_tokens_cached += n
+            if len(rider.slot.cached) >= upto:
+                self._dismount(rider)
+                if len(rider.pending) > 1:
+                    free.append(rider)
+        return free
+
+    @staticmethod
+    def _riding(active: Active) -> list[tuple[Active, int]]:
+        """The requests riding along with this one, and how far each shares its prompt."""
+        return [(rider, rider.ride[1]) for rider in active.riders if rider.ride is not None]
+
+    @staticmethod
+    def _dismount(rider: Active) -> None:
+        """The rider goes on alone from the KV it holds now."""
+        if rider.ride is not None:
+            rider.ride[0].riders.remove(rider)
+            rider.ride = None
 
     def _advance(self, active: Active) -> None:
         job, params = active.job, active.job.params
@@ -352,6 +391,9 @@ class BatchScheduler:
     def _release(self, active: Active) -> None:
         """Free the slot; its KV stays for prefix reuse by a later request."""
         active.sampler.close()
+        self._dismount(active)
+        for rider in list(active.riders):
+            self._dismount(rider)
         active.slot.busy = False
         active.slot.last_used = time.monotonic()
         self._active.remove(active)
