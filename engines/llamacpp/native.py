@@ -150,6 +150,12 @@ class BatchedContext:
         if status != 0:
             raise NativeError(f"llama_decode failed with status {status}")
 
+    def synchronize(self) -> None:
+        """Wait for the last decode and put its output rows in their final order, so that
+        reading them from several threads at once only reads."""
+        llama_cpp.llama_synchronize(self.ptr)
+        llama_cpp.llama_get_logits(self.ptr)
+
     def logits(self, index: int) -> npt.NDArray[np.float32]:
         """The logits of batch row `index` (a view; valid until the next decode)."""
         ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)

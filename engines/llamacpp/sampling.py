@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import llama_cpp
 import numpy as np
@@ -113,6 +114,45 @@ class SequenceSampler:
         self._chain.close()
         if self._grammar is not None:
             self._grammar.close()
+
+
+class StepSampler:
+    """Samples every sequence of one decode step, on `helpers` threads besides the caller.
+
+    Between two decodes the ggml threads are idle, and each sequence's chain and logits row are
+    its own, so the rows are split between the caller and the helpers (the C calls release the
+    GIL). Rows are made final first (`synchronize`): llama.cpp reorders them on first access.
+    """
+
+    MIN_ROWS = 4
+    """Fewer rows are sampled by the caller alone: handing work over costs more."""
+
+    def __init__(self, helpers: int) -> None:
+        self._helpers = helpers
+        self._pool = ThreadPoolExecutor(helpers, "sample") if helpers > 0 else None
+
+    def sample(
+        self, context: BatchedContext, work: Sequence[tuple[SequenceSampler, int]]
+    ) -> list[int]:
+        if self._pool is None or len(work) < self.MIN_ROWS:
+            return [sampler.sample(context, row) for sampler, row in work]
+        context.synchronize()
+        parts = min(self._helpers + 1, len(work))
+        size = -(-len(work) // parts)
+        chunks = [work[i : i + size] for i in range(0, len(work), size)]
+
+        def run(chunk: Sequence[tuple[SequenceSampler, int]]) -> list[int]:
+            return [sampler.sample(context, row) for sampler, row in chunk]
+
+        futures = [self._pool.submit(run, chunk) for chunk in chunks[1:]]
+        tokens = run(chunks[0])
+        for future in futures:
+            tokens.extend(future.result())
+        return tokens
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def token_logprob(

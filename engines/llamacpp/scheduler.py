@@ -5,7 +5,8 @@ One decode thread owns the context. Each step it builds one batch holding
   2. chunks of the prompts of newly admitted requests (chunked prefill, up to `n_batch`
      tokens in all), so a long new prompt never freezes the running streams,
 decodes it, and samples every sequence whose logits came out of that step with its own sampler
-chain. Requests beyond the `n_parallel` slots wait in FIFO order.
+chain (split over a few threads while the decode threads are idle). Requests beyond the
+`n_parallel` slots wait in FIFO order.
 
 A slot keeps the KV of its last request after it finishes. A new request starts from the
 longest prefix of its prompt held by any slot, idle or running: in its own slot it is kept, from
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 
 from cellar.engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
 from cellar.engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
-from cellar.engines.llamacpp.sampling import SequenceSampler, token_logprob
+from cellar.engines.llamacpp.sampling import SequenceSampler, StepSampler, token_logprob
 from cellar.engines.llamacpp.textstream import TextStream
 
 log = logging.getLogger("cellar.worker.scheduler")
@@ -50,6 +51,8 @@ MIN_RIDE = 32
 is computing them."""
 MIN_REUSE = 8
 """Cached prompt tokens worth choosing a slot for over the least recently used one."""
+MAX_SAMPLING_THREADS = 4
+"""Threads (of the decode threads, idle between decodes) that sample one step's sequences."""
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -126,6 +129,7 @@ class BatchScheduler:
         self._slots = [Slot(seq) for seq in range(context.shape.n_parallel)]
         self._active: list[Active] = []
         self.counters = Counters()
+        self._sampling = StepSampler(helpers=min(context.shape.n_threads, MAX_SAMPLING_THREADS) - 1)
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
         self._thread.start()
 
@@ -147,6 +151,7 @@ class BatchScheduler:
     def close(self) -> None:
         self._incoming.put(None)
         self._thread.join(timeout=30)
+        self._sampling.close()
 
     # -- the decode thread ------------------------------------------------------------------
 
@@ -312,9 +317,10 @@ class BatchScheduler:
             return
         ctx.decode()
         self.counters.decode_steps += 1
-        for active in list(self._active):
-            if active.row >= 0:
-                self._advance(active)
+        sampled = [active for active in self._active if active.row >= 0]
+        tokens = self._sampling.sample(ctx, [(active.sampler, active.row) for active in sampled])
+        for active, token in zip(sampled, tokens, strict=True):
+            self._advance(active, token)
 
     def _feed(self, active: Active, token: int, logits: bool) -> int:
         slot = active.slot
@@ -364,9 +370,8 @@ class BatchScheduler:
             rider.ride[0].riders.remove(rider)
             rider.ride = None
 
-    def _advance(self, active: Active) -> None:
+    def _advance(self, active: Active, token: int) -> None:
         job, params = active.job, active.job.params
-        token = active.sampler.sample(self._ctx, active.row)
         job.completion_tokens += 1
         if self._model.is_eog(token) and not params.ignore_eos:
             self._finish(active, active.text.flush(), "stop")
