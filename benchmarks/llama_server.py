@@ -6,17 +6,21 @@ llama-server is built once from the llama-cpp-python source package that `make s
 downloads (the same llama.cpp that the installed llama-cpp-python vendors), into
 ~/.cache/cellar/llama-server-<version>; it is a baseline only and never shipped. Both servers get
 the same GGUF, thread count, 8 slots of 4096 tokens, flash attention and full sliding-window
-KV (so both can reuse prompt prefixes), one after the other on this machine, each freshly
-started for every run. Every request uses a fresh connection (llama-server has been seen to
-drop keep-alive connections) and asks for a fixed number of tokens (`ignore_eos`), so both
-servers produce the same amount of text.
+KV (so both can reuse prompt prefixes). Every request uses a fresh connection (llama-server has
+been seen to drop keep-alive connections) and asks for a fixed number of tokens (`ignore_eos`),
+so both servers produce the same amount of text.
 
 Workloads:
-- 1, 4 and 8 clients, each streaming 2 completions of 128 tokens back to back: output tok/s.
+- 1, 4 and 8 clients, each streaming 128-token completions back to back (4 for one client, 2
+  for more): output tok/s.
 - Shared prefix chat: 8 clients, 2 rounds each, a ~650-token system prompt shared by all plus a
   question of their own, 64 tokens: TTFT p50 / p90 over the 16 requests, and output tok/s.
 
-Prints the median of the runs for each figure, side by side, with Cellar's ratio.
+This machine is shared and its speed drifts by several percent within minutes, so each run
+starts both servers fresh and leaves them up (an idle server takes no CPU), then measures each
+workload on one server right after the other, alternating which goes first. Printed: the median
+over the runs of each figure, and the median of the per-run ratios (each from two measurements
+seconds apart).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +152,7 @@ def _figures(tokens: int, wall: float, ttfts: list[float]) -> Figures:
     return Figures(tokens / wall, statistics.median(ordered), p90)
 
 
-async def completions(base: str, clients: int, rounds: int = 2, tokens: int = 128) -> Figures:
+async def completions(base: str, clients: int, rounds: int, tokens: int = 128) -> Figures:
     async def client(i: int) -> list[float]:
         body = {"model": MODEL, "max_tokens": tokens, "ignore_eos": True, "temperature": 0.8}
         return [
@@ -180,17 +184,27 @@ async def shared_prefix(base: str, clients: int = 8, rounds: int = 2, tokens: in
     return _figures(clients * rounds * tokens, time.perf_counter() - started, ttfts)
 
 
-WORKLOADS = ("1 client", "4 clients", "8 clients", "shared prefix")
+WORKLOADS: dict[str, Callable[[str], Awaitable[Figures]]] = {
+    "1 client": lambda base: completions(base, 1, rounds=4),
+    "4 clients": lambda base: completions(base, 4, rounds=2),
+    "8 clients": lambda base: completions(base, 8, rounds=2),
+    "shared prefix": shared_prefix,
+}
+SERVERS = ("cellar", "llama-server")
+Run = dict[str, dict[str, Figures]]
+"""server -> workload -> figures"""
 
 
-async def _measure(base: str) -> dict[str, Figures]:
-    await completions(base, 1, rounds=1, tokens=8)  # warm-up, not counted
-    return {
-        "1 client": await completions(base, 1),
-        "4 clients": await completions(base, 4),
-        "8 clients": await completions(base, 8),
-        "shared prefix": await shared_prefix(base),
-    }
+async def _measure(bases: dict[str, str], run: int) -> Run:
+    """Every workload on both servers, one right after the other, the first alternating."""
+    for base in bases.values():
+        await completions(base, 1, rounds=1, tokens=8)  # warm-up, not counted
+    seen: Run = {server: {} for server in bases}
+    for i, (workload, measure) in enumerate(WORKLOADS.items()):
+        order = SERVERS if (run + i) % 2 == 0 else SERVERS[::-1]
+        for server in order:
+            seen[server][workload] = await measure(bases[server])
+    return seen
 
 
 @contextmanager
@@ -217,40 +231,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model or bundled_gguf()
     binary = build_llama_server()
-    seen: dict[str, list[dict[str, Figures]]] = {"cellar": [], "llama-server": []}
+    runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="cellar-vs-llama-server-") as tmp:
         work = Path(tmp)
         for run in range(args.runs):
-            with _cellar(model, args.threads, work) as base:
-                seen["cellar"].append(asyncio.run(_measure(base)))
             log = work / f"llama-server-{run}.log"
-            with _llama_server(binary, model, args.threads, log) as base:
-                seen["llama-server"].append(asyncio.run(_measure(base)))
+            with (
+                _cellar(model, args.threads, work) as ours,
+                _llama_server(binary, model, args.threads, log) as theirs,
+            ):
+                runs.append(asyncio.run(_measure({"cellar": ours, "llama-server": theirs}, run)))
             print(f"run {run + 1}/{args.runs} done", flush=True)
-    print(report(seen, args.runs, args.threads))
+    print(report(runs, args.threads))
     return 0
 
 
-def report(seen: dict[str, list[dict[str, Figures]]], runs: int, threads: int) -> str:
-    def median(server: str, workload: str, figure: str) -> float:
-        return statistics.median(getattr(r[workload], figure) for r in seen[server])
+def report(runs: list[Run], threads: int) -> str:
+    def figure_of(run: Run, server: str, workload: str, figure: str) -> float:
+        value: float = getattr(run[server][workload], figure)
+        return value
 
     lines = [
-        f"Cellar vs llama-server (llama.cpp {VERSION}'s), {threads} threads, median of {runs} runs",
+        f"Cellar vs llama-server (llama.cpp {VERSION}'s), {threads} threads, "
+        f"median of {len(runs)} runs",
         "",
-        "| workload | figure | Cellar | llama-server | ratio |",
-        "|---|---|---:|---:|---:|",
+        "| workload | figure | Cellar | llama-server | ratio (median of runs) | ratios |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for workload in WORKLOADS:
         figures = ["tok_s", "ttft_p50", "ttft_p90"] if workload == "shared prefix" else ["tok_s"]
         for figure in figures:
             ours, theirs = (
-                median("cellar", workload, figure),
-                median("llama-server", workload, figure),
+                [figure_of(run, server, workload, figure) for run in runs] for server in SERVERS
             )
+            ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
             unit = "tok/s" if figure == "tok_s" else f"TTFT {figure[-3:]} (s)"
             lines.append(
-                f"| {workload} | {unit} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f}x |"
+                f"| {workload} | {unit} | {statistics.median(ours):.2f} | "
+                f"{statistics.median(theirs):.2f} | {statistics.median(ratios):.2f}x | "
+                + " ".join(f"{r:.2f}" for r in ratios)
+                + " |"
             )
     return "\n".join(lines)
 

@@ -80,9 +80,10 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def emit(self, item: Piece | BaseException) -> None:
-        """Hand a piece (or the error that ended the job) to the asyncio side; any thread."""
-        self.loop.call_soon_threadsafe(self._out.put_nowait, item)
+    def put(self, item: Piece | BaseException) -> None:
+        """Hand over a piece (or the error that ended the job); from the job's own event loop
+        (the decode thread goes through an `Outbox`)."""
+        self._out.put_nowait(item)
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """The job's text as it is generated, ending with the piece that has a finish_reason."""
@@ -93,3 +94,29 @@ class Job:
             yield item
             if item.finish_reason is not None:
                 return
+
+
+class Outbox:
+    """Pieces for the asyncio side, handed over together from the decode thread: one wake-up of
+    each event loop per step instead of one per sequence."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Job, Piece | BaseException]] = []
+
+    def add(self, job: Job, item: Piece | BaseException) -> None:
+        self._items.append((job, item))
+
+    def send(self) -> None:
+        if not self._items:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Piece | BaseException]]] = {}
+        for job, item in self._items:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._items = []
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[Job, Piece | BaseException]]) -> None:
+    for job, item in items:
+        job.put(item)

@@ -38,7 +38,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cellar.engines.llamacpp.jobs import GenerationError, Job, Piece, SamplingParams, TokenLogprob
+from cellar.engines.llamacpp.jobs import (
+    GenerationError,
+    Job,
+    Outbox,
+    Piece,
+    SamplingParams,
+    TokenLogprob,
+)
 from cellar.engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
 from cellar.engines.llamacpp.sampling import SequenceSampler, StepSampler, token_logprob
 from cellar.engines.llamacpp.textstream import TextStream
@@ -129,6 +136,9 @@ class BatchScheduler:
         self._slots = [Slot(seq) for seq in range(context.shape.n_parallel)]
         self._active: list[Active] = []
         self.counters = Counters()
+        self._outbox = Outbox()
+        """Pieces of the last step, sent as the next decode starts: the event loop formats
+        them while the decode runs, not in the gap between two decodes."""
         self._sampling = StepSampler(helpers=min(context.shape.n_threads, MAX_SAMPLING_THREADS) - 1)
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
         self._thread.start()
@@ -165,8 +175,11 @@ class BatchScheduler:
             except Exception as exc:  # the decode thread must outlive any one failure
                 log.exception("decode step failed")
                 self._fail_all(str(exc))
+            if not self._active:  # no decode to send them with
+                self._outbox.send()
         for active in list(self._active):
             self._release(active)
+        self._outbox.send()
 
     def _pull(self, block: bool) -> bool:
         """Move newly submitted jobs to the waiting line; False once asked to shut down."""
@@ -217,7 +230,7 @@ class BatchScheduler:
             try:
                 sampler = SequenceSampler(job.params, self._model)
             except Exception as exc:
-                job.emit(GenerationError(f"could not set up sampling: {exc}"))
+                self._outbox.add(job, GenerationError(f"could not set up sampling: {exc}"))
                 continue
             slot.busy = True
             active = Active(job, slot, [], sampler, TextStream(job.params.stop))
@@ -313,6 +326,7 @@ class BatchScheduler:
         for active in order:  # riders set free on the way join the end of the line
             if ctx.batch_room:
                 order.extend(self._prefill(active))
+        self._outbox.send()
         if not ctx.n_tokens:
             return
         ctx.decode()
@@ -387,10 +401,10 @@ class BatchScheduler:
         else:
             active.next_token = token
             if text:
-                job.emit(Piece(text, None, active.take_logprobs()))
+                self._outbox.add(job, Piece(text, None, active.take_logprobs()))
 
     def _finish(self, active: Active, text: str, reason: str) -> None:
-        active.job.emit(Piece(text, reason, active.take_logprobs()))
+        self._outbox.add(active.job, Piece(text, reason, active.take_logprobs()))
         self._release(active)
 
     def _release(self, active: Active) -> None:
@@ -405,7 +419,8 @@ class BatchScheduler:
 
     def _fail_all(self, reason: str) -> None:
         for active in list(self._active):
-            active.job.emit(GenerationError(f"llama.cpp failed while generating: {reason}"))
+            error = GenerationError(f"llama.cpp failed while generating: {reason}")
+            self._outbox.add(active.job, error)
             active.slot.cached.clear()
             self._release(active)
             try:
