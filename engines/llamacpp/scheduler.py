@@ -137,8 +137,7 @@ class BatchScheduler:
         self._active: list[Active] = []
         self.counters = Counters()
         self._outbox = Outbox()
-        """Pieces of the last step, sent as the next decode starts: the event loop formats
-        them while the decode runs, not in the gap between two decodes."""
+        """Pieces of this step, sent at its end."""
         self._sampling = StepSampler(helpers=min(context.shape.n_threads, MAX_SAMPLING_THREADS) - 1)
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
         self._thread.start()
@@ -326,7 +325,6 @@ class BatchScheduler:
         for active in order:  # riders set free on the way join the end of the line
             if ctx.batch_room:
                 order.extend(self._prefill(active))
-        self._outbox.send()
         if not ctx.n_tokens:
             return
         ctx.decode()
@@ -335,6 +333,7 @@ class BatchScheduler:
         tokens = self._sampling.sample(ctx, [(active.sampler, active.row) for active in sampled])
         for active, token in zip(sampled, tokens, strict=True):
             self._advance(active, token)
+        self._outbox.send()
 
     def _feed(self, active: Active, token: int, logits: bool) -> int:
         slot = active.slot
