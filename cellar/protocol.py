@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cellar.errors import UnsupportedParameter
+from cellar.errors import InvalidRequest, UnsupportedParameter
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 512
@@ -185,6 +185,52 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(first, int):
             return [int(t) for t in prompt if isinstance(t, int)]
         return first
+
+
+MAX_EMBEDDING_INPUTS = 2048
+"""Inputs in one embeddings request (OpenAI's own limit)."""
+MAX_INPUT_TOKENS = 8192
+"""Token ids in one input given as tokens (longer than any embedding model's window)."""
+
+TokenList = Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_INPUT_TOKENS)]
+EmbeddingInput = (
+    str
+    | Annotated[list[str], Field(max_length=MAX_EMBEDDING_INPUTS)]
+    | TokenList
+    | Annotated[list[TokenList], Field(max_length=MAX_EMBEDDING_INPUTS)]
+)
+
+
+class EmbeddingRequest(_Request):
+    """`POST /v1/embeddings`. `truncate` (an extension) cuts an input longer than the model's
+    window to fit, instead of refusing it."""
+
+    model: str
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate: bool = False
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each input, as text or token ids; an empty one is refused, naming its index."""
+        value = self.input
+        items: list[str | list[int]]
+        if isinstance(value, str):
+            items = [value]
+        elif not value:
+            raise InvalidRequest("`input` is an empty list; send at least one input", param="input")
+        elif isinstance(value[0], int):
+            items = [[int(t) for t in value if isinstance(t, int)]]
+        else:
+            items = [item if isinstance(item, str) else list(item) for item in value]
+        for index, item in enumerate(items):
+            if not item:
+                where = "input" if isinstance(value, str) else f"input[{index}]"
+                raise InvalidRequest(
+                    f"{where} is empty; every input needs text or tokens", param=where
+                )
+        return items
 
 
 CompletionBody = ChatCompletionRequest | CompletionRequest

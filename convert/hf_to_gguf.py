@@ -69,6 +69,8 @@ def _lines(what: str, argv: list[str], log: Path) -> Iterator[str]:
             child.kill()
             child.wait()
             raise
+        finally:
+            child.stdout.close()
     if child.returncode != 0:
         last = [
             line

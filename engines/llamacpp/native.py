@@ -238,3 +238,86 @@ class SamplerChain:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+class EmbeddingContext:
+    """A llama.cpp context that pools one vector per sequence (an embedding model), and the
+    batch that feeds it: up to `n_seqs` whole inputs of at most `n_tokens` tokens together."""
+
+    def __init__(self, model: NativeModel, n_tokens: int, n_seqs: int, n_threads: int) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.embeddings = True
+        params.n_ctx = n_tokens
+        params.n_batch = n_tokens
+        params.n_ubatch = n_tokens  # a bidirectional model sees each input whole in one ubatch
+        params.n_seq_max = n_seqs
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.model = model
+        self.n_tokens_max = n_tokens
+        self.n_seqs_max = n_seqs
+        self.ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise NativeError(f"llama.cpp could not create an embedding context of {n_tokens}")
+        self.pooling = int(llama_cpp.llama_pooling_type(self.ptr))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(model.ptr))
+        self._memory = llama_cpp.llama_get_memory(self.ptr)
+        self._batch = llama_cpp.llama_batch_init(n_tokens, 0, 1)
+        self.n_tokens = 0
+        self.n_seqs = 0
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the model pools one vector per input (mean, CLS or last token)."""
+        return self.pooling in (
+            llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            llama_cpp.LLAMA_POOLING_TYPE_CLS,
+            llama_cpp.LLAMA_POOLING_TYPE_LAST,
+        )
+
+    def fits(self, n_tokens: int) -> bool:
+        return self.n_seqs < self.n_seqs_max and self.n_tokens + n_tokens <= self.n_tokens_max
+
+    def add(self, tokens: Sequence[int]) -> int:
+        """Append one whole input as the next sequence; returns its sequence id."""
+        seq, batch = self.n_seqs, self._batch
+        for pos, token in enumerate(tokens):
+            i = self.n_tokens + pos
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = True
+        self.n_tokens += len(tokens)
+        self.n_seqs += 1
+        return seq
+
+    def run(self) -> list[npt.NDArray[np.float32]]:
+        """Encode the batch; the pooled vector of each sequence, in order. Empties the batch."""
+        self._batch.n_tokens = self.n_tokens
+        if self._memory:  # a causal model keeps KV: decode, then forget it
+            status = llama_cpp.llama_decode(self.ptr, self._batch)
+        else:
+            status = llama_cpp.llama_encode(self.ptr, self._batch)
+        try:
+            if status != 0:
+                raise NativeError(f"llama.cpp failed to encode the batch (status {status})")
+            vectors = []
+            for seq in range(self.n_seqs):
+                ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq)
+                if not ptr:
+                    raise NativeError(f"llama.cpp gave no pooled vector for sequence {seq}")
+                vectors.append(np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy())
+            return vectors
+        finally:
+            if self._memory:
+                llama_cpp.llama_memory_clear(self._memory, True)
+            self.n_tokens = 0
+            self.n_seqs = 0
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
