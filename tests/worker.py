@@ -49,15 +49,18 @@ def worker_spec(gguf: Path, **settings: Any) -> WorkerSpec:
     return WorkerSpec(**{**defaults, **settings})
 
 
-def worker_argv(gguf: Path, *where: str) -> list[str]:
-    spec = worker_spec(gguf)
+def worker_argv(gguf: Path, *where: str, **settings: Any) -> list[str]:
+    spec = worker_spec(gguf, **settings)
     return python_module("cellar.engines.llamacpp.worker", *where, "--spec", spec.model_dump_json())
 
 
 @contextmanager
-def bare_worker(gguf: Path, log: Path, secret: str = "the-test-knows-this") -> Iterator[BareWorker]:
+def bare_worker(
+    gguf: Path, log: Path, secret: str = "the-test-knows-this", **settings: Any
+) -> Iterator[BareWorker]:
+    """A worker for `gguf` (the bundled model's spec, `settings` overriding it)."""
     port = free_port()
-    argv = worker_argv(gguf, "--port", str(port))
+    argv = worker_argv(gguf, "--port", str(port), **settings)
     with log.open("wb") as sink:
         process = subprocess.Popen(
             argv, env={**os.environ, SECRET_ENV: secret}, stdout=sink, stderr=subprocess.STDOUT

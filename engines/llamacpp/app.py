@@ -15,7 +15,7 @@ from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, Tok
 from cellar.engines.llamacpp.model import Loaded
 from cellar.engines.llamacpp.responses import Kind, Shaper, Usage
 from cellar.engines.llamacpp.scheduler import BatchScheduler
-from cellar.errors import ModelNotFound
+from cellar.errors import InvalidRequest, ModelNotFound
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import install_error_handlers, sse_event, sse_response, unless_disconnected
 
@@ -149,6 +149,14 @@ def create_worker_app(service: WorkerService) -> FastAPI:
         # A template from a model file may be slow (bounded, see cellar.chat): off the loop.
         prompt = await asyncio.to_thread(service.model.chat_prompt, body.messages)
         return await service.run(request, "chat", body, prompt, body.token_limit())
+
+    @app.post("/v1/embeddings")
+    async def embeddings() -> None:
+        raise InvalidRequest(
+            f"model {service.model.name!r} generates text; it gives no embeddings (serve an "
+            "embedding model with `task: embed`)",
+            param="model",
+        )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,6 +36,11 @@ class WorkerSpec(BaseModel):
     """Template text from the config; overrides the GGUF's own template."""
     log_level: str = "info"
     adapters: tuple[WorkerAdapter, ...] = ()
+    task: Literal["generate", "embed"] = "generate"
+    """`embed`: an embedding model; `n_parallel` inputs of at most `n_ctx` tokens, `n_batch`
+    tokens in all, go into each encode."""
+    normalize: bool = True
+    """Embeddings: L2-normalise each vector (as sentence-transformers' Normalize does)."""
 
     def threads(self) -> int:
         return self.n_threads or len(os.sched_getaffinity(0))

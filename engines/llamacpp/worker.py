@@ -19,11 +19,15 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import uvicorn
+from fastapi import FastAPI
 
 from cellar.engines.channel import SECRET_ENV, SecretGate
 from cellar.engines.llamacpp.app import WorkerService, create_worker_app
+from cellar.engines.llamacpp.embedapp import EmbeddingService, create_embedding_app, load_embedding
+from cellar.engines.llamacpp.embedder import Embedder
 from cellar.engines.llamacpp.model import ModelLoadError, load
 from cellar.engines.llamacpp.scheduler import BatchScheduler
 from cellar.engines.llamacpp.spec import WorkerSpec
@@ -61,14 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = WorkerSpec.model_validate_json(args.spec)
     logging.basicConfig(level=spec.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        loaded = load(spec)
+        app, close = _serve_embeddings(spec) if spec.task == "embed" else _serve_generation(spec)
     except (ModelLoadError, ValueError) as exc:
         print(f"{FATAL_PREFIX}{exc}", flush=True)
         return EXIT_LOAD_FAILED
-    scheduler = BatchScheduler(loaded.native, loaded.context, loaded.model.piece, loaded.adapters)
-    app = SecretGate(create_worker_app(WorkerService(loaded, scheduler)), secret)
     config = uvicorn.Config(
-        app,
+        SecretGate(app, secret),
         uds=args.uds,
         host=args.host,
         port=args.port or 0,
@@ -79,9 +81,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
+        close()
+    return 0
+
+
+def _serve_generation(spec: WorkerSpec) -> tuple[FastAPI, Callable[[], None]]:
+    loaded = load(spec)
+    scheduler = BatchScheduler(loaded.native, loaded.context, loaded.model.piece, loaded.adapters)
+
+    def close() -> None:
         scheduler.close()
         loaded.close()
-    return 0
+
+    return create_worker_app(WorkerService(loaded, scheduler)), close
+
+
+def _serve_embeddings(spec: WorkerSpec) -> tuple[FastAPI, Callable[[], None]]:
+    loaded = load_embedding(spec)
+    embedder = Embedder(loaded.context)
+
+    def close() -> None:
+        embedder.close()
+        loaded.close()
+
+    return create_embedding_app(EmbeddingService(spec, loaded, embedder)), close
 
 
 if __name__ == "__main__":

