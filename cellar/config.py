@@ -216,6 +216,12 @@ class ModelDeployment(Strict):
         description="`store:NAME` for a model in the store, or a path to a .gguf file or a "
         "Hugging Face checkpoint directory (relative paths are relative to the config file).",
     )
+    task: Literal["generate", "embed"] = Field(
+        "generate",
+        description="`generate`: chat and completions; `embed`: an embedding model answering "
+        "/v1/embeddings (llama.cpp: `n_parallel` inputs of at most `n_ctx` tokens, `n_batch` "
+        "tokens in all, per encode).",
+    )
     engine: Literal["auto", "llamacpp", "vllm"] = Field(
         "auto",
         description="Engine that serves the model; `auto`: vLLM on an NVIDIA GPU when a Hugging "

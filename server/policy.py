@@ -49,3 +49,11 @@ def estimate_tokens(body: Body) -> int:
     if isinstance(prompt, list):
         return len(prompt) + body.token_limit()
     return math.ceil(len(prompt) / CHARS_PER_TOKEN) + body.token_limit()
+
+
+def estimate_input_tokens(inputs: list[str | list[int]]) -> int:
+    """Tokens an embeddings request will use: characters / 4, or the tokens given."""
+    return sum(
+        len(item) if isinstance(item, list) else math.ceil(len(item) / CHARS_PER_TOKEN)
+        for item in inputs
+    )

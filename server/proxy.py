@@ -114,6 +114,8 @@ class Call:
 
     @property
     def prompt_param(self) -> str:
+        if self.path.endswith("/embeddings"):
+            return "input"
         return "messages" if self.path.endswith("/chat/completions") else "prompt"
 
 

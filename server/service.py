@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -13,11 +15,18 @@ from cellar.engines.base import Engine
 from cellar.engines.grammar import BUILD_TIMEOUT_S, check_format, needs_building
 from cellar.engines.passthrough import schema_given, structured_outputs
 from cellar.errors import ApiError, ContextLengthExceeded, InvalidRequest, RequestTimeout
-from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from cellar.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cellar.server.audit import AuditEntry
 from cellar.server.auth import OPEN, Principal
+from cellar.server.deployment import Deployment
 from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
-from cellar.server.policy import Body, apply_token_cap, estimate_tokens, prompt_content
+from cellar.server.policy import (
+    Body,
+    apply_token_cap,
+    estimate_input_tokens,
+    estimate_tokens,
+    prompt_content,
+)
 from cellar.server.proxy import Call, Proxy, Tap, WorkerUnreachable
 from cellar.server.ratelimit import Grant, RateLimiter
 from cellar.server.supervisor import Supervisor
@@ -27,6 +36,21 @@ VERSION_HEADER = "x-cellar-model-version"
 SHA256_HEADER = "x-cellar-model-sha256"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one kind of request needs from the shared serving path."""
+
+    path: str
+    model: str
+    check: Callable[[Deployment], int]
+    """Refuses what the deployment cannot serve (before it queues); returns the tokens the
+    request is estimated to use, for rate limits."""
+    prepare: Callable[[Engine], Awaitable[dict[str, Any]]]
+    """The body the worker gets."""
+    wants_usage: bool
 
 
 def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | None) -> None:
@@ -71,30 +95,71 @@ class CompletionService:
         self.log_content = log_content
 
     async def complete(self, request: Request, path: str, body: Body) -> Response:
-        started = time.monotonic()
-        principal: Principal = getattr(request.state, "principal", OPEN)
         entry = _entry(request)
         if entry is not None:
             entry.model, entry.stream = body.model, body.stream
             if self.log_content:
                 entry.prompt = prompt_content(body)
-        principal.check_model(body.model)  # 403 first: a key learns nothing of other models
-        deployment = self.supervisor.get(body.model)  # unknown models: 404 before anything else
-        outcome = self.metrics.outcome(body.model, started)
-        try:
+
+        def check(deployment: Deployment) -> int:
+            if deployment.resolved.spec.task == "embed":
+                raise InvalidRequest(
+                    f"model {body.model!r} is an embedding model: send it to {EMBEDDINGS_PATH}",
+                    param="model",
+                )
             body.check_supported()
             # a schema bomb, or a regex or grammar too big, is refused before it queues
             check_format(body.response_format)
             structured_outputs(body.model_extra or {}, build=False)
             apply_token_cap(body, deployment.resolved.spec.max_tokens)
             check_room(body, deployment.context_window)
-            grant = self.limiter.admit(principal, estimate_tokens(body))
+            return estimate_tokens(body)
+
+        async def prepare(engine: Engine) -> dict[str, Any]:
+            return await self._prepare(engine, path, body)
+
+        call = Ask(path, body.model, check, prepare, body.wants_usage_in_stream())
+        return await self._serve(request, entry, call)
+
+    async def embed(self, request: Request, body: EmbeddingRequest) -> Response:
+        entry = _entry(request)
+        if entry is not None:
+            entry.model, entry.stream = body.model, False
+        inputs: list[str | list[int]] = []
+
+        def check(deployment: Deployment) -> int:
+            if deployment.resolved.spec.task != "embed":
+                raise InvalidRequest(
+                    f"model {body.model!r} generates text and gives no embeddings; send it to "
+                    f"{CHAT_PATH}",
+                    param="model",
+                )
+            inputs.extend(body.inputs())
+            if entry is not None and self.log_content:
+                entry.prompt = "\n".join(item for item in inputs if isinstance(item, str))
+            return estimate_input_tokens(inputs)
+
+        async def prepare(engine: Engine) -> dict[str, Any]:
+            return body.model_dump(exclude_none=True)
+
+        call = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False)
+        return await self._serve(request, entry, call)
+
+    async def _serve(self, request: Request, entry: AuditEntry | None, call: Ask) -> Response:
+        """Access, limits and metrics around one request to a model's worker."""
+        started = time.monotonic()
+        principal: Principal = getattr(request.state, "principal", OPEN)
+        principal.check_model(call.model)  # 403 first: a key learns nothing of other models
+        deployment = self.supervisor.get(call.model)  # unknown models: 404 before anything else
+        outcome = self.metrics.outcome(call.model, started)
+        try:
+            grant = self.limiter.admit(principal, call.check(deployment))
             tap = self._tap(entry, grant)
             try:
-                response = await self._attempt(request, path, body, outcome, tap)
+                response = await self._attempt(request, call, outcome, tap)
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
-                response = await self._attempt(request, path, body, outcome, tap)
+                response = await self._attempt(request, call, outcome, tap)
         except ApiError as exc:
             outcome.finish(exc.status)
             raise
@@ -137,30 +202,29 @@ class CompletionService:
         loop = asyncio.get_running_loop()
         return loop.time() + self.request_timeout_s - (time.monotonic() - started)
 
-    async def _attempt(
-        self, request: Request, path: str, body: Body, outcome: Outcome, tap: Tap
-    ) -> Response:
+    async def _attempt(self, request: Request, asked: Ask, outcome: Outcome, tap: Tap) -> Response:
         deadline = self._deadline(outcome.started)
+        model = asked.model
         try:
             async with asyncio.timeout_at(deadline):
-                lease = await unless_disconnected(request, self.supervisor.acquire(body.model))
+                lease = await unless_disconnected(request, self.supervisor.acquire(model))
         except TimeoutError:
             raise RequestTimeout(
-                f"The request waited longer than allowed for model {body.model!r}."
+                f"The request waited longer than allowed for model {model!r}."
             ) from None
         try:
-            payload = await self._prepare(lease.engine, path, body)
-            payload["model"] = self.supervisor.worker_name(body.model)
+            payload = await asked.prepare(lease.engine)
+            payload["model"] = self.supervisor.worker_name(model)
         except BaseException:
             lease.release()
             raise
         version = lease.resolved.version
         call = Call(
-            model=body.model,
+            model=model,
             engine=lease.engine,
-            path=path,
+            path=asked.path,
             payload=payload,
-            client_wants_usage=body.wants_usage_in_stream(),
+            client_wants_usage=asked.wants_usage,
             outcome=outcome,
             on_done=lease.release,
             tap=tap,

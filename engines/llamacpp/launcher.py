@@ -42,6 +42,7 @@ def worker_spec(
         chat_template=chat_template,
         log_level=log_level,
         adapters=tuple(WorkerAdapter(name=a.name, path=a.path, scale=a.scale) for a in adapters),
+        task=deployment.task,
     )
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from cellar.protocol import ChatCompletionRequest, CompletionRequest
+from cellar.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cellar.server.auth import OPEN, Principal, require_key
-from cellar.server.service import CHAT_PATH, COMPLETIONS_PATH, CompletionService
+from cellar.server.service import CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, CompletionService
 
 router = APIRouter(dependencies=[Depends(require_key)])
 
@@ -58,3 +58,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post(COMPLETIONS_PATH)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _service(request).complete(request, COMPLETIONS_PATH, body)
+
+
+@router.post(EMBEDDINGS_PATH)
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    return await _service(request).embed(request, body)
