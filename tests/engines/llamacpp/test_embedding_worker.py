@@ -16,6 +16,8 @@ import pytest
 from tests.minilm import MAX_SEQ_LENGTH, Reference
 from tests.worker import BareWorker, bare_worker
 
+pytestmark = pytest.mark.slow
+
 NAME = "minilm"
 TEXTS = [
     "Where is the nearest pharmacy?",
