@@ -1,4 +1,5 @@
-"""The gateway's completion service: validate, pick the engine, proxy, count."""
+"""The gateway's service for generation and embeddings: validate, pick the engine, proxy,
+count."""
 
 from __future__ import annotations
 
@@ -118,14 +119,13 @@ class CompletionService:
         async def prepare(engine: Engine) -> dict[str, Any]:
             return await self._prepare(engine, path, body)
 
-        call = Ask(path, body.model, check, prepare, body.wants_usage_in_stream())
-        return await self._serve(request, entry, call)
+        ask = Ask(path, body.model, check, prepare, body.wants_usage_in_stream())
+        return await self._serve(request, entry, ask)
 
     async def embed(self, request: Request, body: EmbeddingRequest) -> Response:
         entry = _entry(request)
         if entry is not None:
             entry.model, entry.stream = body.model, False
-        inputs: list[str | list[int]] = []
 
         def check(deployment: Deployment) -> int:
             if deployment.resolved.spec.task != "embed":
@@ -134,7 +134,7 @@ class CompletionService:
                     f"{CHAT_PATH}",
                     param="model",
                 )
-            inputs.extend(body.inputs())
+            inputs = body.inputs()
             if entry is not None and self.log_content:
                 entry.prompt = "\n".join(item for item in inputs if isinstance(item, str))
             return estimate_input_tokens(inputs)
@@ -142,24 +142,24 @@ class CompletionService:
         async def prepare(engine: Engine) -> dict[str, Any]:
             return body.model_dump(exclude_none=True)
 
-        call = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False)
-        return await self._serve(request, entry, call)
+        ask = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False)
+        return await self._serve(request, entry, ask)
 
-    async def _serve(self, request: Request, entry: AuditEntry | None, call: Ask) -> Response:
+    async def _serve(self, request: Request, entry: AuditEntry | None, ask: Ask) -> Response:
         """Access, limits and metrics around one request to a model's worker."""
         started = time.monotonic()
         principal: Principal = getattr(request.state, "principal", OPEN)
-        principal.check_model(call.model)  # 403 first: a key learns nothing of other models
-        deployment = self.supervisor.get(call.model)  # unknown models: 404 before anything else
-        outcome = self.metrics.outcome(call.model, started)
+        principal.check_model(ask.model)  # 403 first: a key learns nothing of other models
+        deployment = self.supervisor.get(ask.model)  # unknown models: 404 before anything else
+        outcome = self.metrics.outcome(ask.model, started)
         try:
-            grant = self.limiter.admit(principal, call.check(deployment))
+            grant = self.limiter.admit(principal, ask.check(deployment))
             tap = self._tap(entry, grant)
             try:
-                response = await self._attempt(request, call, outcome, tap)
+                response = await self._attempt(request, ask, outcome, tap)
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
-                response = await self._attempt(request, call, outcome, tap)
+                response = await self._attempt(request, ask, outcome, tap)
         except ApiError as exc:
             outcome.finish(exc.status)
             raise
