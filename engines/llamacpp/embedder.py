@@ -119,6 +119,9 @@ class Embedder:
                 continue
             tokens = job.inputs[index]
             if not ctx.fits(len(tokens)):
+                if not taken:  # longer than a whole batch: it never fits (the service checks)
+                    self._refuse(job, f"an input of {len(tokens)} tokens exceeds the batch")
+                    continue
                 break
             line.popleft()
             ctx.add(tokens)
@@ -139,6 +142,12 @@ class Embedder:
             if job.left == 0:
                 done = [v for v in job.vectors if v is not None]
                 job.loop.call_soon_threadsafe(_resolve, job.done, done)
+
+    def _refuse(self, job: EmbedJob, reason: str) -> None:
+        kept = [item for item in self._line if item[0] is not job]
+        self._line.clear()
+        self._line.extend(kept)
+        job.loop.call_soon_threadsafe(_reject, job.done, EngineFailed(reason))
 
     def _fail_all(self, reason: str) -> None:
         error = EngineFailed(f"llama.cpp failed while embedding: {reason}")

@@ -15,6 +15,7 @@ import pytest
 
 from cellar.engines.llamacpp.embedder import Embedder
 from cellar.engines.llamacpp.native import EmbeddingContext, NativeModel
+from cellar.errors import EngineFailed
 from tests.minilm import Reference
 
 TEXTS = [
@@ -86,3 +87,13 @@ def test_concurrent_requests_share_encodes_and_each_gets_its_own_vectors(
     for [vector], expected in zip(answers, solo, strict=True):
         assert float(vector @ expected) >= 0.9999
     assert engine.counters.batches - before < len(TEXTS) + 1  # not one encode per request
+
+
+def test_an_input_longer_than_the_batch_fails_its_request_only(
+    embedder: tuple[Embedder, llama_cpp.Llama],
+) -> None:
+    engine, vocab = embedder
+    too_long = [101, *([2000] * 3000), 102]  # the service never sends one; the thread copes
+    with pytest.raises(EngineFailed, match="exceeds the batch"):
+        _embed(engine, [_tokens(vocab, "fine"), too_long])
+    assert len(_embed(engine, [_tokens(vocab, "still serving")])) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import llama_cpp
@@ -31,8 +32,8 @@ def embedding_worker(
     minilm_gguf: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BareWorker]:
     log = tmp_path_factory.mktemp("embedding-worker") / "worker.log"
-    settings = {"name": NAME, "task": "embed", "n_ctx": MAX_SEQ_LENGTH, "n_parallel": 32}
-    with bare_worker(minilm_gguf, log, n_batch=4096, **settings) as worker:
+    settings: dict[str, Any] = {"name": NAME, "task": "embed", "n_ctx": MAX_SEQ_LENGTH}
+    with bare_worker(minilm_gguf, log, n_parallel=32, n_batch=4096, **settings) as worker:
         yield worker
 
 
