@@ -54,3 +54,13 @@ async def warm_up(
 ) -> list[float]:
     """Run each warm-up prompt once; the TTFT of each, in order."""
     return [await time_to_first_token(client, model, prompt, max_tokens) for prompt in prompts]
+
+
+async def warm_up_embeddings(client: httpx.AsyncClient, model: str, texts: list[str]) -> float:
+    """Embed the warm-up prompts once, each alone, then together (an embedding model's
+    warm-up); the seconds it took."""
+    started = time.perf_counter()
+    for batch in [*([text] for text in texts), texts]:
+        response = await client.post("/v1/embeddings", json={"model": model, "input": batch})
+        response.raise_for_status()
+    return time.perf_counter() - started

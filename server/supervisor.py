@@ -18,7 +18,7 @@ from collections.abc import Callable
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.engines.base import Engine, EngineState
 from cellar.engines.kinds import kind_of
-from cellar.engines.warmup import warm_up
+from cellar.engines.warmup import warm_up, warm_up_embeddings
 from cellar.errors import CellarError, EngineUnavailable, IntegrityError, ModelNotFound, StoreError
 from cellar.server.admission import Admission
 from cellar.server.budget import make_room
@@ -253,7 +253,11 @@ class Supervisor:
         """Wait for a started engine to be ready, then run the warm-up prompts through it."""
         spec = resolved.spec
         await engine.wait_ready(spec.startup_timeout_s)
-        if spec.warmup.enabled and spec.warmup.prompts:
+        if spec.warmup.enabled and spec.warmup.prompts and spec.task == "embed":
+            warming()
+            took = await warm_up_embeddings(engine.channel.http, spec.name, spec.warmup.prompts)
+            log.info("model %r (%s) warmed up in %.3f s", spec.name, resolved.version_label, took)
+        elif spec.warmup.enabled and spec.warmup.prompts:
             warming()
             ttfts = await warm_up(
                 engine.channel.http, spec.name, spec.warmup.prompts, spec.warmup.max_tokens
