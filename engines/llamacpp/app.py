@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -119,9 +119,9 @@ class WorkerService:
         }
 
 
-def create_worker_app(service: WorkerService) -> FastAPI:
-    app = FastAPI(title=f"cellar llama.cpp worker: {service.model.name}", docs_url=None)
-    app.state.service = service
+def worker_app(title: str, stats: Callable[[], dict[str, int]]) -> FastAPI:
+    """A worker's app with OpenAI-shaped errors, `/health` and `/stats`."""
+    app = FastAPI(title=title, docs_url=None)
     install_error_handlers(app)
 
     @app.get("/health")
@@ -129,8 +129,15 @@ def create_worker_app(service: WorkerService) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/stats")
-    async def stats() -> dict[str, int]:
-        return service.stats()
+    async def stats_route() -> dict[str, int]:
+        return stats()
+
+    return app
+
+
+def create_worker_app(service: WorkerService) -> FastAPI:
+    app = worker_app(f"cellar llama.cpp worker: {service.model.name}", service.stats)
+    app.state.service = service
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -3,6 +3,7 @@ shape, and clear refusals of what such a model cannot do."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +13,14 @@ import llama_cpp
 import numpy as np
 from fastapi import FastAPI, Request
 
+from cellar.engines.llamacpp.app import worker_app
 from cellar.engines.llamacpp.embedder import Embedder, Vector
-from cellar.engines.llamacpp.model import ModelLoadError
+from cellar.engines.llamacpp.model import ModelLoadError, open_vocab
 from cellar.engines.llamacpp.native import EmbeddingContext, NativeError, NativeModel
 from cellar.engines.llamacpp.spec import WorkerSpec
 from cellar.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, UnsupportedParameter
 from cellar.protocol import EmbeddingRequest
-from cellar.web import install_error_handlers, unless_disconnected
+from cellar.web import unless_disconnected
 
 
 @dataclass
@@ -37,14 +39,7 @@ class LoadedEmbedding:
 def load_embedding(spec: WorkerSpec) -> LoadedEmbedding:
     """An embedding model for `spec`, or ModelLoadError saying why it cannot be one."""
     path = Path(spec.model_path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist")
-    try:
-        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(
-            f"llama.cpp could not load {path}: not a usable GGUF ({exc})"
-        ) from None
+    vocab = open_vocab(path)
     try:
         native = NativeModel(path, spec.n_gpu_layers)
     except NativeError as exc:
@@ -124,7 +119,7 @@ class EmbeddingService:
 
     async def embed(self, request: Request, body: EmbeddingRequest) -> dict[str, Any]:
         self.check_model(body.model)
-        inputs = self.tokens(body)
+        inputs = await asyncio.to_thread(self.tokens, body)  # up to 2,048 texts: off the loop
         vectors = await unless_disconnected(request, self.embedder.embed(inputs, self.normalize))
         used = sum(len(tokens) for tokens in inputs)
         data = [
@@ -149,16 +144,7 @@ class EmbeddingService:
 
 
 def create_embedding_app(service: EmbeddingService) -> FastAPI:
-    app = FastAPI(title=f"cellar llama.cpp embedding worker: {service.name}", docs_url=None)
-    install_error_handlers(app)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/stats")
-    async def stats() -> dict[str, int]:
-        return service.stats()
+    app = worker_app(f"cellar llama.cpp embedding worker: {service.name}", service.stats)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from cellar.engines.llamacpp.jobs import drain
 from cellar.engines.llamacpp.native import EmbeddingContext
 from cellar.errors import EngineFailed
 
@@ -99,15 +100,10 @@ class Embedder:
                 self._fail_all(str(exc))
 
     def _pull(self, block: bool) -> bool:
-        try:
-            item = self._incoming.get(block=block)
-            while True:
-                if item is None:
-                    return False
-                self._line.extend((item, i) for i in range(len(item.inputs)))
-                item = self._incoming.get_nowait()
-        except queue.Empty:
-            return True
+        def take(job: EmbedJob) -> None:
+            self._line.extend((job, i) for i in range(len(job.inputs)))
+
+        return drain(self._incoming, block, take)
 
     def _encode_next(self) -> None:
         ctx, line = self._ctx, self._line

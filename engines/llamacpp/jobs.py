@@ -8,12 +8,16 @@ step.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cellar.errors import EngineFailed
+
+T = TypeVar("T")
 
 DEFAULT_TOP_K = 40
 """OpenAI's API has no top-k; a wide top-k first keeps sampling over Gemma's 262k vocab cheap."""
@@ -141,3 +145,17 @@ def _put_all(loop: asyncio.AbstractEventLoop, items: list[Item], done: threading
     for job, item in items:
         job.put(item)
     loop.call_soon(loop.call_soon, done.set)
+
+
+def drain(incoming: queue.Queue[T | None], block: bool, take: Callable[[T], None]) -> bool:
+    """Hand everything submitted so far to `take` (waiting for the first item when `block`);
+    False once the shutdown marker (None) arrives."""
+    try:
+        item = incoming.get(block=block)
+        while True:
+            if item is None:
+                return False
+            take(item)
+            item = incoming.get_nowait()
+    except queue.Empty:
+        return True

@@ -47,18 +47,23 @@ class Loaded:
         self.native.close()
 
 
-def load(spec: WorkerSpec) -> Loaded:
-    """Tokenizer, weights and a batched context for `spec`, or ModelLoadError saying why."""
-    path = Path(spec.model_path)
+def open_vocab(path: Path) -> llama_cpp.Llama:
+    """The GGUF's tokenizer (vocabulary only), or ModelLoadError naming the file."""
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     try:
-        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(
             f"llama.cpp could not load {path}: the file is corrupt, truncated or not a "
             f"supported GGUF model ({exc})"
         ) from None
+
+
+def load(spec: WorkerSpec) -> Loaded:
+    """Tokenizer, weights and a batched context for `spec`, or ModelLoadError saying why."""
+    path = Path(spec.model_path)
+    vocab = open_vocab(path)
     try:
         native = NativeModel(path, spec.n_gpu_layers)
         shape = ContextShape(spec.n_ctx, spec.n_parallel, spec.n_batch, spec.threads())

@@ -45,6 +45,7 @@ from cellar.engines.llamacpp.jobs import (
     Piece,
     SamplingParams,
     TokenLogprob,
+    drain,
 )
 from cellar.engines.llamacpp.native import BatchedContext, NativeAdapter, NativeError, NativeModel
 from cellar.engines.llamacpp.sampling import SequenceSampler, StepSampler, token_logprob
@@ -182,15 +183,7 @@ class BatchScheduler:
 
     def _pull(self, block: bool) -> bool:
         """Move newly submitted jobs to the waiting line; False once asked to shut down."""
-        try:
-            item = self._incoming.get(block=block)
-            while True:
-                if item is None:
-                    return False
-                self._waiting.append(item)
-                item = self._incoming.get_nowait()
-        except queue.Empty:
-            return True
+        return drain(self._incoming, block, self._waiting.append)
 
     def _drop_cancelled(self) -> None:
         if any(job.cancelled for job in self._waiting):
