@@ -43,10 +43,16 @@ BUNDLED_NAME := gemma-3-270m-q4_k_m
 BUNDLED_GGUF := build/models/$(BUNDLED_NAME).gguf
 INSTALLED    := $(VENV)/.installed
 IMPORTED     := build/.imported-$(BUNDLED_NAME)
+# The bundled embedding model: sentence-transformers' all-MiniLM-L6-v2 checkpoint from its
+# package, imported as is; the GGUF llama.cpp serves is made from it by `cellar quantize`.
+EMBED_NAME   := all-minilm-l6-v2
+EMBED_DIR    := build/models/$(EMBED_NAME)
+EMBED_GGUF   := $(EMBED_NAME)-f16
+EMBEDDED     := build/.imported-$(EMBED_GGUF)
 
 .PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server clean
 
-setup: $(IMPORTED) tools
+setup: $(IMPORTED) $(EMBEDDED) tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +98,18 @@ $(BUNDLED_GGUF): $(INSTALLED)
 # importing the same bytes again is a no-op.
 $(IMPORTED): $(BUNDLED_GGUF) FORCE
 	$(CELLAR) models import $(BUNDLED_GGUF) --name $(BUNDLED_NAME) --config $(CONFIG)
+	touch $@
+
+$(EMBED_DIR)/config.json: $(INSTALLED)
+	rm -rf $(EMBED_DIR) $(EMBED_DIR).tmp && mkdir -p $(EMBED_DIR).tmp
+	$(PY) -c "import all_minilm_l6_v2 as m; m.extract_model('$(EMBED_DIR).tmp')" > /dev/null
+	mv $(EMBED_DIR).tmp/all-MiniLM-L6-v2 $(EMBED_DIR) && rm -rf $(EMBED_DIR).tmp
+
+# Checked on every set-up too (the store is per user); the f16 GGUF is made only when missing.
+$(EMBEDDED): $(EMBED_DIR)/config.json tools FORCE
+	$(CELLAR) models import $(EMBED_DIR) --name $(EMBED_NAME) --config $(CONFIG)
+	$(CELLAR) models show $(EMBED_GGUF) --config $(CONFIG) > /dev/null 2>&1 || \
+		$(CELLAR) quantize $(EMBED_NAME) --to f16 --config $(CONFIG)
 	touch $@
 
 FORCE:

@@ -90,5 +90,32 @@ def artifact_quantization(path: Path, fmt: str) -> str | None:
     except (OSError, ValueError, GGUFError):
         return None
     method = (config.get("quantization_config") or {}).get("quant_method")
-    dtype = config.get("torch_dtype") or config.get("dtype")
+    dtype = config.get("torch_dtype") or config.get("dtype") or safetensors_dtype(path)
     return str(method or dtype) if (method or dtype) else None
+
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+MAX_SAFETENSORS_HEADER = 64 * 2**20
+
+
+def safetensors_dtype(checkpoint: Path) -> str | None:
+    """The dtype most of a checkpoint's weights are stored in, from its first safetensors
+    file's header (for a config.json that names none); None when unreadable or not a float."""
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        with files[0].open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= MAX_SAFETENSORS_HEADER:
+                return None
+            header = json.loads(handle.read(size))
+        counts: dict[str, int] = {}
+        for name, tensor in header.items():
+            if name != "__metadata__" and isinstance(tensor, dict):
+                dtype = str(tensor.get("dtype"))
+                counts[dtype] = counts.get(dtype, 0) + 1
+    except (OSError, ValueError, AttributeError):
+        return None
+    common = max(counts, key=counts.__getitem__, default=None)
+    return SAFETENSORS_DTYPES.get(common) if common else None

@@ -157,3 +157,13 @@ def quantization(path: Path) -> str | None:
     if not isinstance(file_type, int) or isinstance(file_type, bool):
         return None
     return FILE_TYPES.get(file_type, f"ftype-{file_type}")
+
+
+def pooling_type(path: Path) -> int | None:
+    """The pooling an embedding model's GGUF declares (`{arch}.pooling_type`: 1 mean, 2 CLS,
+    3 last token...); None for a model that declares none (a generation model)."""
+    scalars, _ = read_metadata(path)
+    value = scalars.get(f"{scalars.get('general.architecture')}.pooling_type")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    return value

@@ -19,15 +19,21 @@ from cellar.versions import parse_ref
 _QUANT_SUFFIX = re.compile(r"-(f16|f32|bf16|q\d[\w]*)$", re.IGNORECASE)
 
 
-def _percent(text: str) -> float:
+def _percent(text: str, option: str = "--max-ppl-increase") -> float:
     value = text.strip().removesuffix("%")
     try:
         number = float(value)
     except ValueError:
-        raise fail(f"--max-ppl-increase {text!r}: expected a percentage such as 5%") from None
+        raise fail(f"{option} {text!r}: expected a percentage such as 5%") from None
     if number < 0:
-        raise fail("--max-ppl-increase cannot be negative")
+        raise fail(f"{option} cannot be negative")
     return number / 100
+
+
+def _fraction(value: float | None, option: str) -> float | None:
+    if value is not None and not 0 <= value <= 1:
+        raise fail(f"{option} {value}: expected a number from 0 to 1")
+    return value
 
 
 def _goldens(model: str, config: Path | None) -> list[dict[str, Any]]:
@@ -87,11 +93,29 @@ def quantize(
         str | None, typer.Option(help="Name of the result (default: MODEL with the new type)")
     ] = None,
     eval_file: Annotated[
-        Path | None, typer.Option(help="Text for perplexity and KL (default: the shipped one)")
+        Path | None,
+        typer.Option(
+            help="Text for perplexity and KL, or for an embedding model the sentences compared "
+            "(default: the shipped one)"
+        ),
     ] = None,
     max_ppl_increase: Annotated[
         str | None,
         typer.Option(help="Largest perplexity rise allowed, e.g. 5% (default: per target)"),
+    ] = None,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="Embedding models: lowest mean cosine to the source's vectors (default: per "
+            "target)"
+        ),
+    ] = None,
+    min_top5_agreement: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedding models: lowest share of top-5 neighbours kept, e.g. 90% (default: "
+            "per target)"
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Register even when the gate fails")] = False,
     allow_requantize: Annotated[
@@ -118,6 +142,11 @@ def quantize(
         name=new_name,
         eval_file=text,
         max_ppl_increase=_percent(max_ppl_increase) if max_ppl_increase else None,
+        min_cosine=_fraction(min_cosine, "--min-cosine"),
+        min_top5_agreement=_fraction(
+            _percent(min_top5_agreement, "--min-top5-agreement") if min_top5_agreement else None,
+            "--min-top5-agreement",
+        ),
         force=force,
         allow_requantize=allow_requantize,
         threads=threads or _cores(),

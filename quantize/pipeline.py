@@ -21,14 +21,26 @@ from cellar.convert import llamacpp_tools
 from cellar.convert.hf_to_gguf import convert as convert_hf
 from cellar.errors import IntegrityError
 from cellar.fingerprint import artifact_quantization, versions
-from cellar.gguf import GGUFError, quantization
+from cellar.gguf import GGUFError, pooling_type, quantization
 from cellar.hashing import tree_size
+from cellar.quantize import gate
 from cellar.quantize.gguf import quantize_gguf
 from cellar.quantize.report import markdown
 from cellar.quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 from cellar.store import Lineage, Manifest, ModelStore
 
 DISK_MARGIN = 1.2
+LINEAGE_FIGURES = (
+    "source_ppl",
+    "result_ppl",
+    "ppl_increase",
+    "kl_mean",
+    "mean_cosine",
+    "min_cosine",
+    "top5_agreement",
+    "eval_tokens",
+)
+"""The measured figures a quantized model's lineage keeps (those its gate measured)."""
 TOOLS = ("cellarlm", "llama-cpp-python")
 
 
@@ -67,17 +79,31 @@ class Request:
     name: str
     eval_file: Path
     max_ppl_increase: float | None = None
+    min_cosine: float | None = None
+    min_top5_agreement: float | None = None
     force: bool = False
     allow_requantize: bool = False
     threads: int = 2
     goldens: list[dict[str, Any]] = field(default_factory=list)
     """Golden prompts: {name, prompt, max_tokens, regex}."""
 
-    @property
-    def limit(self) -> float:
-        return (
-            self.target.max_ppl_increase if self.max_ppl_increase is None else self.max_ppl_increase
+    def judge(self, report: dict[str, Any], embedding: bool) -> gate.Verdict:
+        """The gate that fits the model: perplexity, or for an embedding model its vectors."""
+        target = self.target
+        if embedding:
+            return gate.embeddings(
+                report,
+                _given(self.min_cosine, target.min_cosine),
+                _given(self.min_top5_agreement, target.min_top5_agreement),
+                target.name,
+            )
+        return gate.perplexity(
+            report, _given(self.max_ppl_increase, target.max_ppl_increase), target.name
         )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class Progress(Protocol):
@@ -89,7 +115,7 @@ class Progress(Protocol):
 
 
 def default_eval_file() -> Path:
-    return Path(str(resources.files("quantize") / "eval_text.txt"))
+    return Path(str(resources.files("cellar.quantize") / "eval_text.txt"))
 
 
 @dataclass(frozen=True)
@@ -147,6 +173,11 @@ def check_source(store: ModelStore, request: Request) -> Source:
                 "full-precision parent instead"
             )
         if target.kind == "bnb":
+            if (path / "modules.json").is_file():
+                raise QuantizeError(
+                    f"{request.model} is a sentence-transformers embedding model; bitsandbytes "
+                    "targets are for generation models. Quantize it to a GGUF (--to q8_0)."
+                )
             return Source(manifest, path, source_type)
         llamacpp_tools.script("convert_hf_to_gguf.py")  # installed, or say how to install it
         return Source(manifest, path, source_type, True, tokenizer_origin(store, manifest))
@@ -161,6 +192,14 @@ def check_source(store: ModelStore, request: Request) -> Source:
             "result is then marked lossy)."
         )
     return Source(manifest, path, source_type)
+
+
+def embedding_model(path: Path) -> bool:
+    """Whether a GGUF pools one vector per input (then it is judged by its vectors)."""
+    try:
+        return pooling_type(path) is not None
+    except GGUFError:
+        return False
 
 
 def check_disk(store: ModelStore, source: Source, target: Target) -> None:
@@ -184,14 +223,16 @@ def check_disk(store: ModelStore, source: Source, target: Target) -> None:
         )
 
 
-def evaluate(source: Path, result: Path, request: Request) -> dict[str, Any]:
+def evaluate(source: Path, result: Path, request: Request, embedding: bool) -> dict[str, Any]:
     """Quality and speed of both, measured in a child process: llama.cpp for GGUF
-    (quantize/evaluate.py), transformers for checkpoints (quantize/bnb.py)."""
-    command = (
-        ["cellar.quantize.evaluate"]
-        if request.target.kind == "gguf"
-        else ["cellar.quantize.bnb", "evaluate"]
-    )
+    (quantize/evaluate.py; quantize/evaluate_embeddings.py for an embedding model),
+    transformers for checkpoints (quantize/bnb.py)."""
+    if request.target.kind != "gguf":
+        command = ["cellar.quantize.bnb", "evaluate"]
+    elif embedding:
+        command = ["cellar.quantize.evaluate_embeddings"]
+    else:
+        command = ["cellar.quantize.evaluate"]
     with tempfile.TemporaryDirectory(prefix="cellar-eval-") as work:
         ask, out = Path(work) / "request.json", Path(work) / "report.json"
         ask.write_text(
@@ -260,29 +301,30 @@ def quantize_model(
                 )
             else:
                 make_bnb(reference, path, request.target, log)
-            progress.stage("measuring perplexity, KL divergence, golden prompts and speed")
-            report.update(evaluate(reference, path, request))
+            embedding = path.suffix == ".gguf" and embedding_model(reference)
+            progress.stage(
+                "measuring cosine similarity, top-5 neighbours and speed"
+                if embedding
+                else "measuring perplexity, KL divergence, golden prompts and speed"
+            )
+            report.update(evaluate(reference, path, request, embedding))
         finally:
             if reference != source.path:
                 reference.unlink(missing_ok=True)
-        increase = report["result_ppl"] / report["source_ppl"] - 1
-        passed = increase <= request.limit
+        verdict = request.judge(report, embedding)
         report.update(
             source_name=request.model,
             source_type=source.type + (f" (as {converted_as} GGUF)" if converted_as else ""),
             target=request.target.name,
+            task="embed" if embedding else "generate",
             eval_file=str(request.eval_file),
-            ppl_increase=increase,
-            gate={"max_ppl_increase": request.limit, "passed": passed, "forced": not passed},
+            gate=verdict.record(forced=not verdict.passed),
         )
         (path.parent / "report.json").write_text(json.dumps(report, indent=1))
         (path.parent / "report.md").write_text(markdown(report))
-        if not passed and not request.force:
+        if not verdict.passed and not request.force:
             raise GateFailed(
-                f"perplexity rose {increase:.2%} ({report['source_ppl']:.2f} -> "
-                f"{report['result_ppl']:.2f}), more than the {request.limit:.2%} allowed for "
-                f"{request.target.name} (--max-ppl-increase); nothing was registered. "
-                "--force registers it anyway."
+                f"{verdict.failure}; nothing was registered. --force registers it anyway."
             )
 
     def lineage(_: Path) -> Lineage:
@@ -293,7 +335,7 @@ def quantize_model(
             "allow_requantize": request.allow_requantize,
             "lossy": source.lossy,
             "forced": not report["gate"]["passed"],
-            "max_ppl_increase": request.limit,
+            **{k: v for k, v in report["gate"].items() if k.startswith(("max_", "min_"))},
         }
         if converted_as is not None:
             origin = source.tokenizer_from
@@ -307,10 +349,7 @@ def quantize_model(
             method=method(request.target, converted=converted_as is not None),
             parameters=parameters,
             tools=versions(TOOLS),
-            report={
-                key: report[key]
-                for key in ("source_ppl", "result_ppl", "ppl_increase", "kl_mean", "eval_tokens")
-            },
+            report={key: report[key] for key in LINEAGE_FIGURES if key in report},
         )
 
     gguf = request.target.kind == "gguf"

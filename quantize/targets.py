@@ -17,20 +17,26 @@ class Target:
     ftype: int | None
     """llama.cpp's `llama_ftype` for GGUF targets."""
     max_ppl_increase: float
-    """Default gate: the largest perplexity increase over the source (a fraction)."""
+    """Default gate of a generation model: the largest perplexity increase over the source (a
+    fraction)."""
     engine: Literal["llamacpp", "vllm"]
+    min_cosine: float = 0.99
+    """Default gate of an embedding model: the lowest mean cosine similarity to the source's
+    vectors of the same texts."""
+    min_top5_agreement: float = 0.8
+    """... and the lowest share of each query's 5 nearest neighbours that stay the same."""
 
 
 # llama_ftype values (llama.h); cellar/gguf.py names them for reading.
 TARGETS = {
     t.name: t
     for t in (
-        Target("f16", "gguf", 1, 0.01, "llamacpp"),
-        Target("q8_0", "gguf", 7, 0.02, "llamacpp"),
-        Target("q6_k", "gguf", 18, 0.03, "llamacpp"),
-        Target("q5_k_m", "gguf", 17, 0.05, "llamacpp"),
-        Target("q4_k_m", "gguf", 15, 0.10, "llamacpp"),
-        Target("q4_0", "gguf", 2, 0.15, "llamacpp"),
+        Target("f16", "gguf", 1, 0.01, "llamacpp", 0.9999, 0.98),
+        Target("q8_0", "gguf", 7, 0.02, "llamacpp", 0.999, 0.9),
+        Target("q6_k", "gguf", 18, 0.03, "llamacpp", 0.998, 0.9),
+        Target("q5_k_m", "gguf", 17, 0.05, "llamacpp", 0.995, 0.85),
+        Target("q4_k_m", "gguf", 15, 0.10, "llamacpp", 0.99, 0.8),
+        Target("q4_0", "gguf", 2, 0.15, "llamacpp", 0.98, 0.75),
         Target("bnb-int8", "bnb", None, 0.02, "vllm"),
         Target("bnb-nf4", "bnb", None, 0.10, "vllm"),
     )
