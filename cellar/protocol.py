@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cellar.errors import InvalidRequest, UnsupportedParameter
+from cellar.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 512
@@ -203,10 +203,29 @@ EmbeddingInput = (
 
 class EmbeddingRequest(_Request):
     """`POST /v1/embeddings`. `truncate` (an extension) cuts an input longer than the model's
-    window to fit, instead of refusing it."""
+    window to fit, instead of refusing it. Any other field is refused (it would reach vLLM as
+    is)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     input: EmbeddingInput
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bounded(cls, value: object) -> object:
+        """Too many inputs: one clear message (not one per union branch)."""
+        if not isinstance(value, list) or len(value) <= MAX_EMBEDDING_INPUTS:
+            return value
+        if not all(
+            isinstance(item, int) for item in value[:MAX_INPUT_TOKENS]
+        ):  # not one token list
+            raise ValueError(
+                f"{len(value)} inputs in one request; at most {MAX_EMBEDDING_INPUTS} are "
+                "allowed: send them in several requests"
+            )
+        return value
+
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
@@ -226,11 +245,42 @@ class EmbeddingRequest(_Request):
             items = [item if isinstance(item, str) else list(item) for item in value]
         for index, item in enumerate(items):
             if not item:
-                where = "input" if isinstance(value, str) else f"input[{index}]"
+                where = self.where(index)
                 raise InvalidRequest(
                     f"{where} is empty; every input needs text or tokens", param=where
                 )
         return items
+
+    def where(self, index: int) -> str:
+        """How an error names input number `index` (`param`)."""
+        return "input" if isinstance(self.input, str) else f"input[{index}]"
+
+    def check_dimensions(self, matryoshka: bool) -> None:
+        """Refuses `dimensions` for a model trained to give vectors of one size only."""
+        if self.dimensions is not None and not matryoshka:
+            raise UnsupportedParameter(
+                f"model {self.model!r} gives vectors of one size only; leave `dimensions` out",
+                param="dimensions",
+            )
+
+    def check_vocabulary(self, index: int, tokens: list[int], n_vocab: int) -> None:
+        """Refuses token ids the model does not have, naming the input."""
+        bad = [t for t in tokens if t >= n_vocab]
+        if bad:
+            where = self.where(index)
+            raise InvalidRequest(
+                f"{where} has token ids outside the vocabulary (0..{n_vocab - 1}): {bad[:5]}",
+                param=where,
+            )
+
+    def too_long(self, index: int, tokens: int, window: int) -> ContextLengthExceeded:
+        """The refusal of an input longer than the model's window (without `truncate`)."""
+        where = self.where(index)
+        return ContextLengthExceeded(
+            f"{where} is {tokens} tokens, and model {self.model!r} embeds at most {window}; "
+            "shorten it, or send `truncate: true` to cut it",
+            param=where,
+        )
 
 
 CompletionBody = ChatCompletionRequest | CompletionRequest

@@ -24,7 +24,7 @@ from cellar.config import ModelDeployment
 from cellar.deployments import Artifacts, EngineChoice, EngineName, ResolvedDeployment
 from cellar.engines.channel import Channel
 from cellar.hardware import Hardware
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.store import Format
 
 
@@ -74,7 +74,7 @@ class Engine(Protocol):
         """Stop the engine and free its memory (the process is gone when this returns)."""
         ...
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         """The JSON body to send this engine for a validated OpenAI request to `path`: engines
         differ in how they take some features (e.g. a grammar for structured output). May
         raise InvalidRequest."""
@@ -88,7 +88,7 @@ class Engine(Protocol):
 class Dialect(Protocol):
     """What differs between engines that all speak OpenAI's protocol over HTTP."""
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         """See Engine.prepare."""
         ...
 

@@ -46,8 +46,6 @@ class EngineChooser:
         return self._auto(spec, artifacts)
 
     def _auto(self, spec: ModelDeployment, artifacts: Artifacts) -> EngineChoice:
-        if spec.task == "embed":  # llama.cpp serves embedding models (vLLM's pooling: not yet)
-            return self._choose("llamacpp", spec, artifacts, "auto: an embedding model")
         gpus = self.hardware.gpus
         if gpus and artifacts.hf is not None:
             runtime = self._runtimes(spec.vllm)

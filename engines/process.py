@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 from cellar.engines.base import Dialect, EngineState
 from cellar.engines.channel import Channel, Probe
 from cellar.errors import EngineUnavailable
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 
 FATAL_PREFIX = "cellar-worker: fatal: "
 """A worker's last words: the line after this prefix is shown to operators and clients."""
@@ -150,7 +150,7 @@ class WorkerProcess:
             return Probe.ABSENT
         return await self.channel.probe()
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         return self._dialect.prepare(path, request)
 
     async def load(self) -> tuple[int, int] | None:

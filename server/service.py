@@ -140,7 +140,8 @@ class CompletionService:
             return estimate_input_tokens(inputs)
 
         async def prepare(engine: Engine) -> dict[str, Any]:
-            return body.model_dump(exclude_none=True)
+            # vLLM's dialect tokenizes up to 2,048 inputs to check them: off the loop
+            return await asyncio.to_thread(engine.prepare, EMBEDDINGS_PATH, body)
 
         ask = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False)
         return await self._serve(request, entry, ask)

@@ -33,7 +33,8 @@ BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("gateway") == "vllm":
+        params = callspec.params if callspec is not None else {}
+        if "vllm" in (params.get("gateway"), params.get("embedding_gateway")):
             item.add_marker(pytest.mark.vllm)
 
 

@@ -28,7 +28,7 @@ from cellar.engines.base import EngineState
 from cellar.engines.channel import Channel
 from cellar.engines.process import free_port
 from cellar.errors import EngineUnavailable
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.rundir import socket_path
 from cellar.server.app import Access, create_app
 from cellar.server.auditwriter import AuditLog
@@ -95,7 +95,7 @@ class EchoEngine:
             self._server = None
         self.state, self.error = EngineState.FAILED, reason
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self) -> tuple[int, int] | None:

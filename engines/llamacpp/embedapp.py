@@ -18,7 +18,7 @@ from cellar.engines.llamacpp.embedder import Embedder, Vector
 from cellar.engines.llamacpp.model import ModelLoadError, open_vocab
 from cellar.engines.llamacpp.native import EmbeddingContext, NativeError, NativeModel
 from cellar.engines.llamacpp.spec import WorkerSpec
-from cellar.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, UnsupportedParameter
+from cellar.errors import InvalidRequest, ModelNotFound
 from cellar.protocol import EmbeddingRequest
 from cellar.web import unless_disconnected
 
@@ -87,32 +87,17 @@ class EmbeddingService:
 
     def tokens(self, body: EmbeddingRequest) -> list[list[int]]:
         """Each input's tokens, within the window (cut to it with `truncate`)."""
-        if body.dimensions is not None:
-            raise UnsupportedParameter(
-                f"model {self.name!r} gives vectors of one size only; leave `dimensions` out",
-                param="dimensions",
-            )
+        body.check_dimensions(matryoshka=False)
         out = []
         for index, item in enumerate(body.inputs()):
-            where = f"input[{index}]" if isinstance(body.input, list) else "input"
             if isinstance(item, str):
                 tokens = list(self._vocab.tokenize(item.encode(), add_bos=True, special=False))
             else:
-                bad = [t for t in item if t >= self._n_vocab]
-                if bad:
-                    raise InvalidRequest(
-                        f"{where} has token ids outside the vocabulary (0..{self._n_vocab - 1}): "
-                        f"{bad[:5]}",
-                        param=where,
-                    )
+                body.check_vocabulary(index, item, self._n_vocab)
                 tokens = item
             if len(tokens) > self.window:
                 if not body.truncate:
-                    raise ContextLengthExceeded(
-                        f"{where} is {len(tokens)} tokens, and model {self.name!r} embeds at most "
-                        f"{self.window}; shorten it, or send `truncate: true` to cut it",
-                        param=where,
-                    )
+                    raise body.too_long(index, len(tokens), self.window)
                 tokens = tokens[: self.window - 1] + tokens[-1:]  # keep the closing token
             out.append(tokens)
         return out

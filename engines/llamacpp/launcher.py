@@ -16,7 +16,7 @@ from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
 from cellar.engines.passthrough import refuse_structured_extras
 from cellar.engines.process import WorkerProcess
 from cellar.hardware import is_apple_silicon
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.rundir import socket_path
 
 
@@ -76,7 +76,9 @@ class LlamaCppDialect:
     """Our own worker takes every feature as OpenAI does (and no vLLM structured-output
     field, which it would not enforce), and counts its load at /stats."""
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
+        if isinstance(request, EmbeddingRequest):  # the worker checks the inputs itself
+            return request.model_dump(exclude_none=True)
         refuse_structured_extras(request.model_extra or {})
         return request.model_dump(exclude_unset=True, by_alias=True)
 

@@ -5,12 +5,18 @@
   the same JSON language on both engines.
 - No message can spell a control token (engines/vllm/control.py).
 - Its own request fields pass only as engines/passthrough.py allows, bounded.
+- Embeddings: each input is measured with the checkpoint's own tokenizer before it goes, so an
+  input longer than the window gets the same 400 naming its index as on llama.cpp, token ids
+  outside the vocabulary never reach vLLM, and `truncate` becomes vLLM's truncation (keeping
+  the first tokens and the closing special token, as sentence-transformers does).
 - Load: vLLM counts its running and waiting requests in its Prometheus metrics.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +26,7 @@ from cellar.engines.grammar import grammar_for
 from cellar.engines.passthrough import vllm_extras
 from cellar.engines.vllm.control import Defuser
 from cellar.errors import InvalidRequest
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 
 _EMPTY_FIRST_ALTERNATIVE = re.compile(r"::=(\s*)\|")
 """`ws ::= | " "`: GBNF allows an empty first alternative, vLLM's grammar engine (xgrammar)
@@ -31,14 +37,20 @@ _WAITING = "vllm:num_requests_waiting"
 
 class VllmDialect:
     def __init__(
-        self, stop_token_ids: tuple[int, ...] = (), control_texts: tuple[str, ...] = ()
+        self,
+        stop_token_ids: tuple[int, ...] = (),
+        control_texts: tuple[str, ...] = (),
+        measure: InputMeasure | None = None,
     ) -> None:
         self.stop_token_ids = stop_token_ids
         """Every token the model's generation ends at (llama.cpp's end-of-generation set):
         vLLM stops at the tokenizer's EOS only."""
         self._defuser = Defuser(control_texts)
+        self._measure = measure
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
+        if isinstance(request, EmbeddingRequest):
+            return self._embeddings(request)
         extra = request.model_extra or {}
         payload = {
             k: v
@@ -67,6 +79,16 @@ class VllmDialect:
             )
         return payload
 
+    def _embeddings(self, request: EmbeddingRequest) -> dict[str, Any]:
+        payload = request.model_dump(exclude_none=True)
+        truncate = payload.pop("truncate", False)
+        if self._measure is not None:
+            self._measure.check(request)
+        if truncate:
+            payload["truncate_prompt_tokens"] = -1  # to the model's window
+            payload["truncation_side"] = "right"
+        return payload
+
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         try:
             text = (await client.get("/metrics", timeout=1.0)).text
@@ -81,3 +103,45 @@ class VllmDialect:
         except ValueError:
             return None
         return int(totals[_RUNNING]), int(totals[_WAITING])
+
+
+class InputMeasure:
+    """An embedding checkpoint's tokenizer (`tokenizer.json`) and window, to check inputs at the
+    gateway as the llama.cpp worker does."""
+
+    def __init__(self, tokenizer_file: Path, window: int, matryoshka: bool = False) -> None:
+        from tokenizers import Tokenizer
+
+        self.matryoshka = matryoshka
+        """Whether the model was trained to give shorter vectors too (`dimensions`)."""
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_truncation()  # a tokenizer.json may pad and cut (MiniLM's: 128)
+        self._tokenizer.no_padding()
+        self._n_vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.window = window
+
+    @classmethod
+    def of(cls, checkpoint: Path, window: int | None) -> InputMeasure | None:
+        """The measure of a checkpoint, or None when it has no readable fast tokenizer."""
+        try:
+            config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+            matryoshka = bool(config.get("matryoshka_dimensions") or config.get("is_matryoshka"))
+            return cls(checkpoint / "tokenizer.json", window, matryoshka) if window else None
+        except Exception:  # tokenizers raises plain Exceptions for a missing or bad file
+            return None
+
+    def check(self, request: EmbeddingRequest) -> None:
+        """Refuses an input longer than the window (unless `truncate`) or with token ids
+        outside the vocabulary, naming its index; and `dimensions` for a model of one size."""
+        request.check_dimensions(self.matryoshka)
+        inputs = request.inputs()
+        texts = [item for item in inputs if isinstance(item, str)]
+        encoded = iter(self._tokenizer.encode_batch(texts, add_special_tokens=True))
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                length = len(next(encoded).ids)
+            else:
+                request.check_vocabulary(index, item, self._n_vocab)
+                length = len(item)
+            if length > self.window and not request.truncate:
+                raise request.too_long(index, length, self.window)

@@ -40,11 +40,6 @@ class VllmKind:
     def choose(
         self, spec: ModelDeployment, artifacts: Artifacts, hardware: Hardware, why: str
     ) -> EngineChoice:
-        if spec.task == "embed":
-            raise EngineChoiceError(
-                f"model {spec.name!r} is an embedding model (`task: embed`), and Cellar serves "
-                "those with llama.cpp so far: set `engine: llamacpp` and serve a GGUF"
-            )
         if artifacts.hf is None:
             raise EngineChoiceError(
                 f"vLLM needs a Hugging Face checkpoint, and {artifacts.source.label} is a GGUF "

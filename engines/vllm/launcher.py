@@ -18,7 +18,8 @@ from cellar.deployments import ResolvedDeployment
 from cellar.engines.channel import Channel
 from cellar.engines.process import WorkerProcess
 from cellar.engines.vllm.control import control_texts
-from cellar.engines.vllm.dialect import VllmDialect
+from cellar.engines.vllm.dialect import InputMeasure, VllmDialect
+from cellar.engines.vllm.memory import checkpoint_context
 from cellar.engines.vllm.runtime import interpreter
 from cellar.rundir import private_dir, socket_path, write_private
 
@@ -89,6 +90,8 @@ def server_args(deployment: ResolvedDeployment, socket: Path, log_level: str) ->
         args += ["--lora-modules", *(f"{name}={path}" for name, path in modules.items())]
     if deployment.chat_template is not None:
         args += ["--chat-template", str(template_file(deployment.chat_template))]
+    if deployment.spec.task == "embed":  # pooled as its sentence-transformers config says
+        args += ["--runner", "pooling"]
     return args + settings.extra_args
 
 
@@ -125,7 +128,13 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     argv = python_module("cellar.engines.guard", "--", *command)
     argv += server_args(deployment, channel.uds, log_level)
     env = worker_env(settings, log_level, channel.secret)
-    dialect = VllmDialect(end_of_generation(deployment.path), control_texts(deployment.path))
+    measure = None
+    if deployment.spec.task == "embed":
+        window = settings.max_model_len or checkpoint_context(deployment.path)
+        measure = InputMeasure.of(deployment.path, window)
+    dialect = VllmDialect(
+        end_of_generation(deployment.path), control_texts(deployment.path), measure
+    )
     return WorkerProcess(deployment.spec.name, argv, channel=channel, dialect=dialect, env=env)
 
 

@@ -23,23 +23,29 @@ CPU_KV_DEFAULT = 4 * 2**30
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 
-def _config(checkpoint: Path) -> dict[str, Any]:
+def _config(checkpoint: Path, name: str = "config.json") -> dict[str, Any]:
     try:
-        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((checkpoint / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
 
 
 def checkpoint_context(checkpoint: Path) -> int | None:
-    """The context the checkpoint was trained for (vLLM's default max_model_len)."""
+    """The context the checkpoint was trained for (vLLM's default max_model_len): its
+    position embeddings, or a sentence-transformers model's shorter `max_seq_length`."""
     config = _config(checkpoint)
     text = config.get("text_config")
+    trained = None
     for source in (config, text if isinstance(text, dict) else {}):
         value = source.get("max_position_embeddings")
         if isinstance(value, int):
-            return value
-    return None
+            trained = value
+            break
+    sentence = _config(checkpoint, "sentence_bert_config.json").get("max_seq_length")
+    if isinstance(sentence, int) and sentence > 0:
+        return min(sentence, trained) if trained else sentence
+    return trained
 
 
 def _weights_bytes(checkpoint: Path, dtype: str) -> int:

@@ -15,7 +15,7 @@ from cellar.deployments import Artifact, ResolvedDeployment
 from cellar.engines.base import EngineState
 from cellar.engines.channel import Channel
 from cellar.errors import EngineUnavailable
-from cellar.protocol import CompletionBody
+from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.server.deployment import Limits, State
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
@@ -44,7 +44,7 @@ class StandIn:
     async def stop(self) -> None:
         self.state = EngineState.STOPPED
 
-    def prepare(self, path: str, request: CompletionBody) -> dict[str, Any]:
+    def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
     async def load(self) -> tuple[int, int] | None:

@@ -1,0 +1,69 @@
+"""The embedding suite's fixtures: the bundled embedding model in the test store the way
+`make setup` puts it there (its checkpoint imported, its f16 GGUF made by `cellar quantize`),
+and one gateway per engine serving it beside the chat model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellar.store import ModelStore
+from tests.gateway import ENGINES, Gateway, default_models, run_cellar, start_gateway
+
+CHECKPOINT = "all-minilm-l6-v2"
+GGUF = "all-minilm-l6-v2-f16"
+EMBEDDER = "minilm"
+WINDOW = 256
+"""sentence-transformers' window for this model; vLLM reads it from sentence_bert_config.json,
+the llama.cpp deployment sets it as n_ctx."""
+
+
+@pytest.fixture(scope="session")
+def embedding_store(store: ModelStore, minilm_checkpoint: Path) -> ModelStore:
+    """The test store with the embedding checkpoint and the f16 GGUF quantize makes of it."""
+    root = str(store.root)
+    done = run_cellar(
+        "models", "import", str(minilm_checkpoint), "--name", CHECKPOINT, "--store", root
+    )
+    assert done.returncode == 0, done.stderr
+    done = run_cellar("quantize", CHECKPOINT, "--to", "f16", "--store", root)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return store
+
+
+def embedding_model(engine: str) -> dict[str, Any]:
+    if engine == "llamacpp":
+        return {
+            "name": EMBEDDER,
+            "source": f"store:{GGUF}",
+            "task": "embed",
+            "engine": "llamacpp",
+            "preload": True,
+            "llamacpp": {"n_ctx": WINDOW, "n_parallel": 64, "n_batch": 4096},
+        }
+    from tests.gateway import VLLM_PYTHON
+
+    return {
+        "name": EMBEDDER,
+        "source": f"store:{CHECKPOINT}",
+        "task": "embed",
+        "engine": "vllm",
+        "preload": True,
+        "vllm": {"python": str(VLLM_PYTHON), "dtype": "float32", "cpu_kv_cache_space": "1GiB"},
+    }
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def embedding_gateway(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedding_store: ModelStore,
+) -> Iterator[Gateway]:
+    """The embedding model on one engine, beside the chat model (on llama.cpp)."""
+    work = tmp_path_factory.mktemp(f"embeddings-{request.param}")
+    models = [*default_models(), embedding_model(request.param)]
+    with start_gateway(work, embedding_store.root, models) as gateway:
+        yield gateway
