@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from cellar.config_access import (
     AuditSettings,
@@ -269,6 +269,15 @@ class ModelDeployment(Strict):
         default_factory=list,
         description="LoRA adapters served on this model, each under `MODEL:NAME` and its aliases.",
     )
+
+    @model_validator(mode="after")
+    def _goldens_fit_the_task(self) -> ModelDeployment:
+        embeds = self.task == "embed"
+        for index, golden in enumerate(self.canary):
+            if golden.embeds != embeds:
+                need = "`texts` with cosine bounds" if embeds else "a `prompt` or `messages`"
+                raise ValueError(f"canary[{index}]: a model with `task: {self.task}` needs {need}")
+        return self
 
     def served_names(self) -> dict[str, AdapterDeployment | None]:
         """Every name clients may ask for -> the adapter it means (None: the model itself)."""

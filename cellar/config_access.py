@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -84,11 +84,24 @@ class CanarySettings(Strict):
 
 
 class GoldenPrompt(Strict):
-    """A prompt whose answer must match: the model still behaves."""
+    """A prompt whose answer must match: the model still behaves. For an embedding model, two
+    texts whose vectors' cosine similarity must stay within bounds."""
 
     name: str | None = Field(None, description="Shown in history and alerts (default: #index).")
     prompt: str | None = Field(None, description="A completion prompt.")
     messages: list[dict[str, Any]] | None = Field(None, description="Or chat messages.")
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="Or, for an embedding model (`task: embed`), two texts to embed.",
+    )
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1, description="`texts`: their cosine similarity must be at least this."
+    )
+    max_cosine: float | None = Field(
+        None, ge=-1, le=1, description="`texts`: ... and at most this (texts that must differ)."
+    )
     max_tokens: int = Field(32, ge=1)
     expect_regex: str | None = Field(None, description="The answer must match (re.search).")
     expect_json_schema: dict[str, Any] | None = Field(
@@ -105,10 +118,23 @@ class GoldenPrompt(Strict):
                 raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
+    @property
+    def embeds(self) -> bool:
+        """An embedding model's golden (`texts`), not a prompt's."""
+        return self.texts is not None
+
     @model_validator(mode="after")
     def _one_each(self) -> GoldenPrompt:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` or `messages`")
-        if (self.expect_regex is None) == (self.expect_json_schema is None):
+        given = [self.prompt is not None, self.messages is not None, self.embeds]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of `prompt`, `messages` or `texts`")
+        bounds = self.min_cosine is not None or self.max_cosine is not None
+        expects = self.expect_regex is not None or self.expect_json_schema is not None
+        if self.embeds:
+            if expects or not bounds:
+                raise ValueError("`texts` are checked with `min_cosine` and/or `max_cosine`")
+        elif bounds:
+            raise ValueError("`min_cosine` and `max_cosine` go with `texts`")
+        elif (self.expect_regex is None) == (self.expect_json_schema is None):
             raise ValueError("give exactly one of `expect_regex` or `expect_json_schema`")
         return self

@@ -2,9 +2,10 @@
 
 Every run of a golden prompt goes to the model's worker like any request (it takes a turn, and
 loads the model if needed), at temperature 0. The answer must match its regex or be JSON valid
-against its schema. Each result goes to the history CSV and to Prometheus gauges. A model whose
-runs fail `failures_to_alert` times in a row gets one alert POSTed to the webhook; the first
-passing run after that sends a recovery message.
+against its schema. An embedding model's golden is two texts, embedded together: the cosine
+similarity of their vectors must stay within its bounds. Each result goes to the history CSV
+and to Prometheus gauges. A model whose runs fail `failures_to_alert` times in a row gets one
+alert POSTed to the webhook; the first passing run after that sends a recovery message.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import csv
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -26,7 +28,7 @@ import jsonschema
 
 from cellar.config_access import CanarySettings, GoldenPrompt
 from cellar.errors import ApiError
-from cellar.protocol import request_for
+from cellar.protocol import EmbeddingRequest, request_for
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
 
@@ -34,6 +36,7 @@ log = logging.getLogger("cellar.canary")
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
 HISTORY_FIELDS = ("time", "model", "prompt", "passed", "latency_ms", "detail")
 
 
@@ -64,12 +67,32 @@ def check_answer(golden: GoldenPrompt, text: str) -> str | None:
     return None
 
 
+def check_vectors(golden: GoldenPrompt, answer: dict[str, Any]) -> str | None:
+    """Why the two texts' vectors are too close or too far apart; None when they pass."""
+    a, b = (item["embedding"] for item in answer["data"])
+    norms = math.hypot(*a) * math.hypot(*b)
+    cosine = sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
+    if golden.min_cosine is not None and cosine < golden.min_cosine:
+        return f"cosine similarity {cosine:.4f} is below {golden.min_cosine}"
+    if golden.max_cosine is not None and cosine > golden.max_cosine:
+        return f"cosine similarity {cosine:.4f} is above {golden.max_cosine}"
+    return None
+
+
 def _text(answer: dict[str, Any]) -> str:
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message")
     if isinstance(message, dict):
         return str(message.get("content") or "")
     return str(choice.get("text") or "")
+
+
+def _generation(golden: GoldenPrompt) -> tuple[str, dict[str, Any]]:
+    """The path and body of a prompt's golden, greedy."""
+    payload: dict[str, Any] = {"max_tokens": golden.max_tokens, "temperature": 0.0}
+    if golden.messages is not None:
+        return CHAT_PATH, {**payload, "messages": golden.messages, "stream": False}
+    return COMPLETIONS_PATH, {**payload, "prompt": golden.prompt, "stream": False}
 
 
 class Canary:
@@ -125,20 +148,17 @@ class Canary:
 
     async def _one(self, model: str, index: int, golden: GoldenPrompt) -> Result:
         label = golden.name or f"#{index}"
-        path = CHAT_PATH if golden.messages is not None else COMPLETIONS_PATH
-        payload: dict[str, Any] = {"model": model, "max_tokens": golden.max_tokens}
-        payload.update(
-            {"messages": golden.messages}
-            if golden.messages is not None
-            else {"prompt": golden.prompt}
-        )
-        payload.update(temperature=0.0, stream=False)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):
-                answer = await self._ask(model, path, payload)
-            detail = check_answer(golden, _text(answer))
-        except (ApiError, httpx.HTTPError, TimeoutError, ValueError) as exc:
+                if golden.embeds:
+                    answer = await self._ask(model, EMBEDDINGS_PATH, {"input": golden.texts})
+                    detail = check_vectors(golden, answer)
+                else:
+                    path, payload = _generation(golden)
+                    answer = await self._ask(model, path, payload)
+                    detail = check_answer(golden, _text(answer))
+        except (ApiError, httpx.HTTPError, TimeoutError, ValueError, KeyError) as exc:
             detail = f"request failed: {type(exc).__name__}: {exc}"
         latency = time.monotonic() - started
         self._metrics.canary_passed.labels(model, label).set(1 if detail is None else 0)
@@ -155,9 +175,15 @@ class Canary:
         )
 
     async def _ask(self, model: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        payload = {"model": model, **payload}
+        request = (
+            EmbeddingRequest.model_validate(payload)
+            if path == EMBEDDINGS_PATH
+            else request_for(path, payload)
+        )
         lease = await self._supervisor.acquire(model)
         try:
-            body = lease.engine.prepare(path, request_for(path, payload))
+            body = lease.engine.prepare(path, request)
             response = await lease.engine.channel.http.post(path, json=body)
         finally:
             lease.release()

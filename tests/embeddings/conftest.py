@@ -34,24 +34,40 @@ def embedding_store(store: ModelStore, minilm_checkpoint: Path) -> ModelStore:
     return store
 
 
+CANARY = [
+    {
+        "name": "same meaning",
+        "texts": ["Where is the nearest pharmacy?", "How do I find a drugstore close by?"],
+        "min_cosine": 0.5,
+    },
+    {
+        "name": "unrelated",
+        "texts": ["Where is the nearest pharmacy?", "The boiler is inspected every spring."],
+        "max_cosine": 0.3,
+    },
+    {  # fails on purpose: these two mean nearly the same
+        "name": "too strict",
+        "texts": ["I lost my bank card.", "My bank card is lost."],
+        "max_cosine": 0.2,
+    },
+]
+
+
 def embedding_model(engine: str) -> dict[str, Any]:
+    common = {"name": EMBEDDER, "task": "embed", "preload": True, "canary": CANARY}
     if engine == "llamacpp":
         return {
-            "name": EMBEDDER,
+            **common,
             "source": f"store:{GGUF}",
-            "task": "embed",
             "engine": "llamacpp",
-            "preload": True,
             "llamacpp": {"n_ctx": WINDOW, "n_parallel": 64, "n_batch": 4096},
         }
     from tests.gateway import VLLM_PYTHON
 
     return {
-        "name": EMBEDDER,
+        **common,
         "source": f"store:{CHECKPOINT}",
-        "task": "embed",
         "engine": "vllm",
-        "preload": True,
         "vllm": {"python": str(VLLM_PYTHON), "dtype": "float32", "cpu_kv_cache_space": "1GiB"},
     }
 

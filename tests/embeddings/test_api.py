@@ -230,3 +230,12 @@ def test_langchain_embeds_documents_and_queries(
         assert _cosine(vector, minilm_reference(text)) >= 0.999
     query = embeddings.embed_query(QUESTIONS[0][0])
     assert _cosine(query, minilm_reference(QUESTIONS[0][0])) >= 0.999
+
+
+def test_the_canary_checks_cosine_bounds(embedding_gateway: Gateway) -> None:
+    with embedding_gateway.http() as http:
+        answer = http.post("/admin/canary", params={"model": EMBEDDER}, timeout=120).json()
+    verdicts = {r["prompt"]: (r["passed"], r["detail"]) for r in answer["results"]}
+    assert verdicts["same meaning"] == (True, "") and verdicts["unrelated"] == (True, "")
+    passed, detail = verdicts["too strict"]
+    assert not passed and "is above 0.2" in detail

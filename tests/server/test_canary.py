@@ -17,8 +17,9 @@ from typing import Any, cast
 
 import pytest
 
+from cellar.config import ModelDeployment
 from cellar.config_access import CanarySettings, GoldenPrompt
-from cellar.server.canary import Canary, Result, check_answer
+from cellar.server.canary import Canary, Result, check_answer, check_vectors
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
 from cellar.store import ModelStore
@@ -153,3 +154,30 @@ def test_answers_are_checked_by_regex_or_schema() -> None:
     assert "not JSON" in (check_answer(schema, "Paris") or "")
     with pytest.raises(ValueError, match="exactly one"):
         GoldenPrompt(prompt="x")
+
+
+def test_an_embedding_golden_is_two_texts_and_cosine_bounds() -> None:
+    close = GoldenPrompt(texts=["a", "b"], min_cosine=0.5)
+    same = {"data": [{"embedding": [1.0, 0.0]}, {"embedding": [2.0, 0.1]}]}
+    apart = {"data": [{"embedding": [1.0, 0.0]}, {"embedding": [0.0, 3.0]}]}
+    assert check_vectors(close, same) is None
+    assert "below 0.5" in (check_vectors(close, apart) or "")
+    assert "above 0.1" in (
+        check_vectors(GoldenPrompt(texts=["a", "b"], max_cosine=0.1), same) or ""
+    )
+    for wrong in (
+        {"texts": ["a", "b"]},  # no bound
+        {"texts": ["a"], "min_cosine": 0.5},
+        {"texts": ["a", ""], "min_cosine": 0.5},
+        {"texts": ["a", "b"], "min_cosine": 0.5, "expect_regex": "x"},
+        {"prompt": "x", "expect_regex": "x", "min_cosine": 0.5},
+        {"texts": ["a", "b"], "prompt": "x", "min_cosine": 0.5},
+    ):
+        with pytest.raises(ValueError):
+            GoldenPrompt.model_validate(wrong)
+    embed = {"name": "m", "source": "x.gguf", "task": "embed"}
+    with pytest.raises(ValueError, match=r"canary\[0\].*needs `texts`"):
+        ModelDeployment.model_validate({**embed, "canary": [{"prompt": "x", "expect_regex": "y"}]})
+    generate = {"name": "m", "source": "x.gguf"}
+    with pytest.raises(ValueError, match=r"canary\[0\].*needs a `prompt`"):
+        ModelDeployment.model_validate({**generate, "canary": [close.model_dump()]})
