@@ -14,6 +14,7 @@ def model_facts(resolved: ResolvedDeployment) -> dict[str, Any]:
     manifest = resolved.manifest
     return {
         "name": resolved.spec.name,
+        "task": resolved.spec.task,
         "engine": resolved.engine,
         "engine_version": kind_of(resolved).version(resolved),
         "source": resolved.spec.source,

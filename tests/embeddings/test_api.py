@@ -193,10 +193,14 @@ def test_retrieval_finds_the_passage_like_the_reference(
     assert sum(ours) >= 9 and ours == reference
 
 
-def test_limits_metrics_and_audit(embedding_gateway: Gateway) -> None:
+def test_metrics_audit_and_fingerprint(embedding_gateway: Gateway) -> None:
     answer = embedding_gateway.client().embeddings.create(model=EMBEDDER, input="count me")
     with embedding_gateway.http() as http:
         text = http.get("/metrics").text
+        system = http.get("/admin/system").json()
+    [facts] = [m for m in system["models"] if m["name"] == EMBEDDER]
+    assert facts["task"] == "embed" and len(facts["sha256"]) == 64
+    assert facts["quantization"] == ("f16" if facts["engine"] == "llamacpp" else "float32")
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
