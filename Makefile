@@ -50,7 +50,7 @@ EMBED_DIR    := build/models/$(EMBED_NAME)
 EMBED_GGUF   := $(EMBED_NAME)-f16
 EMBEDDED     := build/.imported-$(EMBED_GGUF)
 
-.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server clean
+.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server bench-embeddings clean
 
 setup: $(IMPORTED) $(EMBEDDED) tools
 
@@ -150,6 +150,10 @@ bench-vllm: setup $(VLLM_READY)
 # Against llama.cpp's own C++ server, built once from the cached sdist (a baseline, never shipped).
 bench-llama-server: setup $(LLAMA_SDIST)
 	$(PY) -m cellar.benchmarks.llama_server
+
+# Embeddings: inputs/s and query latency against sentence-transformers' encode (same threads).
+bench-embeddings: setup
+	$(PY) -m cellar.benchmarks.embeddings
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json

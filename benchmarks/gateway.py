@@ -32,9 +32,14 @@ SETTLE_TIMEOUT_S = 600.0
 
 def bundled_gguf() -> Path:
     """The bundled model's GGUF in the user's model store (`make setup` imports it there)."""
+    return stored(BUNDLED_NAME)
+
+
+def stored(name: str) -> Path:
+    """A model `make setup` put in the user's model store: its file or checkpoint directory."""
     store = ModelStore(default_store_root())
     try:
-        return store.file_of(store.get(BUNDLED_NAME))
+        return store.file_of(store.get(name))
     except StoreError as exc:
         raise SystemExit(f"{exc}; run `make setup` first, or pass --model") from None
 

@@ -124,7 +124,32 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _embedding_table(run: Run) -> RichTable:
+    table = RichTable(title=f"{run.label} ({run.workload.inputs_per_request} texts per request)")
+    headers = ("level", "ok", "failed", "req/s", "inputs/s", "tokens/s")
+    for header in (*headers, "latency p50 ms", "p90 ms", "p99 ms"):
+        table.add_column(header, justify="right")
+    for level in run.levels:
+        m = level.metrics
+        if m is None:
+            continue
+        table.add_row(
+            level.label,
+            str(m.completed),
+            str(m.failed),
+            f"{m.request_throughput:.2f}",
+            f"{m.input_throughput:,.1f}",
+            f"{m.input_token_throughput:,.0f}",
+            _number(m.e2el_ms.median),
+            _number(m.e2el_ms.p90),
+            _number(m.e2el_ms.p99),
+        )
+    return table
+
+
 def _summary_table(run: Run) -> RichTable:
+    if run.endpoint.api == "embeddings":
+        return _embedding_table(run)
     table = RichTable(title=run.label)
     headers = ("level", "ok", "failed", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms")
     for header in (*headers, "TPOT p50 ms", "E2E p50 s", "goodput req/s"):
@@ -201,7 +226,10 @@ def bench(
             "quantization (Cellar reports them itself)"
         ),
     ] = None,
-    api: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    api: Annotated[str, typer.Option(help="completions, chat or embeddings")] = "completions",
+    batch: Annotated[
+        int, typer.Option(min=1, max=2048, help="Texts per request (--api embeddings)")
+    ] = 1,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="CELLAR_API_KEY", help="Bearer token, if the endpoint needs one"),
@@ -276,8 +304,10 @@ def bench(
     from cellar.benchmarks.suite.bench import Options, new_run
     from cellar.benchmarks.suite.metrics import parse_slo
 
-    if api not in ("completions", "chat"):
-        raise fail(f"--api {api!r}: expected completions or chat")
+    if api not in ("completions", "chat", "embeddings"):
+        raise fail(f"--api {api!r}: expected completions, chat or embeddings")
+    if api == "embeddings" and cold:
+        raise fail("--cold times the first token; embeddings have none")
     if ignore_eos not in ("auto", "on", "off"):
         raise fail(f"--ignore-eos {ignore_eos!r}: expected auto, on or off")
     if requests is not None and duration is not None:
@@ -313,6 +343,7 @@ def bench(
             dataset=dataset,
             input_len=input_len,
             output_len=output_len,
+            batch=batch,
             range_ratio=range_ratio,
             ignore_eos=ignore_eos,  # type: ignore[arg-type]
             temperature=temperature,

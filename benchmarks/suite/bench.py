@@ -52,6 +52,8 @@ class Options:
     dataset: str = RANDOM
     input_len: int = 128
     output_len: int | None = None
+    batch: int = 1
+    """Texts per embeddings request."""
     range_ratio: float = 0.0
     ignore_eos: Literal["auto", "on", "off"] = "auto"
     temperature: float = 0.0
@@ -123,6 +125,7 @@ async def _ignore_eos(client: Client, mode: str) -> tuple[bool, bool | None]:
 
 
 def _workload(options: Options, calibration: Calibration | None) -> Prompts:
+    batch = options.batch if options.api == "embeddings" else 0
     if options.dataset == RANDOM:
         return Prompts(
             None,
@@ -131,9 +134,12 @@ def _workload(options: Options, calibration: Calibration | None) -> Prompts:
             output_len=options.output_len or 128,
             range_ratio=options.range_ratio,
             calibration=calibration or Calibration(1.3, 1.0),
+            batch=batch,
         )
     path = shipped_prompts_path() if options.dataset == SHIPPED else Path(options.dataset)
-    return Prompts(read_prompts(path, options.api, options.output_len), seed=options.seed)
+    api = "chat" if options.api == "embeddings" else options.api  # any line gives a text
+    fixed = read_prompts(path, api, options.output_len)
+    return Prompts(fixed, seed=options.seed, batch=batch)
 
 
 def _plans(options: Options) -> list[LevelPlan]:
@@ -195,7 +201,10 @@ async def _measure(run: Run, options: Options, reporter: Reporter) -> None:
             client.model = await first_model(client)
         reporter.note(f"describing {client.root} ({client.model})")
         calibration = await _calibrate(client) if options.dataset == RANDOM else None
-        client.ignore_eos, honoured = await _ignore_eos(client, options.ignore_eos)
+        embeds = options.api == "embeddings"
+        client.ignore_eos, honoured = await _ignore_eos(
+            client, "off" if embeds else options.ignore_eos
+        )
         run.endpoint, run.hardware = await describe(client)
         run.endpoint.started_from_config = options.started_from_config
         if options.model_file is not None and not run.endpoint.model_sha256:
@@ -205,13 +214,16 @@ async def _measure(run: Run, options: Options, reporter: Reporter) -> None:
         run.workload = WorkloadSpec(
             dataset=options.dataset,
             input_len=options.input_len if options.dataset == RANDOM else None,
-            output_len=options.output_len or (128 if options.dataset == RANDOM else None),
+            output_len=None
+            if embeds
+            else options.output_len or (128 if options.dataset == RANDOM else None),
             range_ratio=options.range_ratio,
             seed=options.seed,
             ignore_eos=client.ignore_eos,
             ignore_eos_honoured=honoured,
             warmup_requests=options.warmup,
             tokens_per_word=calibration.per_word if calibration else None,
+            inputs_per_request=options.batch if embeds else 1,
         )
         if options.generator_check:
             reporter.note("measuring the generator against a local echo endpoint")

@@ -42,6 +42,9 @@ def _error_code(payload: bytes) -> str | None:
     return str(error) if error else None
 
 
+ENDPOINTS = {"completions": "completions", "chat": "chat/completions", "embeddings": "embeddings"}
+
+
 class ClientError(ToolError):
     """A probe request that did not succeed."""
 
@@ -64,7 +67,7 @@ class Client:
         self.model = model
         self.api = api
         self.ignore_eos = ignore_eos
-        self._url = f"{self.root}/{'chat/completions' if api == 'chat' else 'completions'}"
+        self._url = f"{self.root}/{ENDPOINTS[api]}"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._temperature = temperature
@@ -93,6 +96,8 @@ class Client:
         return self._session
 
     def _body(self, prompt: Prompt, stream: bool) -> dict[str, Any]:
+        if self.api == "embeddings":
+            return {"model": self.model, **prompt.body(self.api)}
         body: dict[str, Any] = {
             "model": self.model,
             **prompt.body(self.api),
@@ -126,6 +131,8 @@ class Client:
 
     async def send(self, prompt: Prompt, origin: float) -> RequestResult:
         """Stream one request; never raises for what the server or network did."""
+        if self.api == "embeddings":
+            return await self._embed(prompt, origin)
         body = self._body(prompt, stream=True)
         chat = self.api == "chat"
         result = RequestResult(
@@ -138,10 +145,7 @@ class Client:
         try:
             async with self.session.post(self._url, json=body) as response:
                 if response.status != 200:
-                    payload = await response.read()
-                    code = _error_code(payload)
-                    result.error = f"http_{response.status}" + (f":{code}" if code else "")
-                    result.error_detail = payload[:500].decode(errors="replace")
+                    await _failure(result, response)
                 else:
                     async for raw in response.content:
                         if not raw.startswith(b"data:"):
@@ -171,18 +175,50 @@ class Client:
                             result.output_chunks += 1
                     if result.error is None and not finished:
                         result.error = "incomplete_stream"
-        except TimeoutError:
-            result.error = "timeout"
-        except aiohttp.ClientPayloadError as exc:
-            result.error, result.error_detail = "dropped", str(exc) or type(exc).__name__
-        except aiohttp.ClientConnectionError as exc:
-            result.error, result.error_detail = "connection", str(exc) or type(exc).__name__
-        except aiohttp.ClientError as exc:
-            result.error, result.error_detail = "client", str(exc) or type(exc).__name__
-        except ValueError as exc:
-            result.error, result.error_detail = "bad_stream", str(exc)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            _fault(result, exc, "bad_stream")
         result.latency_s = time.perf_counter() - start
         return result
+
+    async def _embed(self, prompt: Prompt, origin: float) -> RequestResult:
+        """One embeddings request, whole; never raises for what the server or network did."""
+        body = self._body(prompt, stream=False)
+        result = RequestResult(start_s=0.0, requested_output_tokens=0, output_tokens=0)
+        start = time.perf_counter()
+        result.start_s = start - origin
+        try:
+            async with self.session.post(self._url, json=body) as response:
+                if response.status != 200:
+                    await _failure(result, response)
+                else:
+                    answer = json.loads(await response.read())
+                    result.inputs = len(answer["data"])
+                    result.prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens")
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+            _fault(result, exc, "bad_answer")
+        result.latency_s = time.perf_counter() - start
+        return result
+
+
+def _fault(result: RequestResult, exc: BaseException, malformed: str) -> None:
+    """Record what the network or a malformed answer did to a request."""
+    if isinstance(exc, TimeoutError):
+        result.error = "timeout"
+        return
+    kinds = (
+        (aiohttp.ClientPayloadError, "dropped"),
+        (aiohttp.ClientConnectionError, "connection"),
+        (aiohttp.ClientError, "client"),
+    )
+    kind = next((name for cls, name in kinds if isinstance(exc, cls)), malformed)
+    result.error, result.error_detail = kind, str(exc) or type(exc).__name__
+
+
+async def _failure(result: RequestResult, response: aiohttp.ClientResponse) -> None:
+    payload = await response.read()
+    code = _error_code(payload)
+    result.error = f"http_{response.status}" + (f":{code}" if code else "")
+    result.error_detail = payload[:500].decode(errors="replace")
 
 
 def _has_content(choice: dict[str, Any], chat: bool) -> bool:

@@ -5,7 +5,8 @@
 - ITL: every gap between consecutive content chunks, pooled over all requests.
 - E2EL: from sending a request to its last byte.
 - Throughputs: completed requests, output tokens and prompt + output tokens per second of the
-  level's wall time (first request sent to last one finished).
+  level's wall time (first request sent to last one finished); for embeddings, texts embedded
+  and prompt tokens per second.
 - Goodput: requests per second that met every SLO given (a one-token answer has TPOT 0).
 Percentiles interpolate linearly between samples (numpy's default).
 """
@@ -86,6 +87,8 @@ def summarize(
         total_token_throughput=(total_in + total_out) / duration,
         total_input_tokens=total_in,
         total_output_tokens=total_out,
+        input_throughput=sum(r.inputs for r in ok) / duration,
+        input_token_throughput=total_in / duration,
         ttft_ms=stat_ms(r.ttft_s for r in ok if r.ttft_s is not None),
         tpot_ms=stat_ms(t for r in ok if (t := tpot_s(r)) is not None),
         itl_ms=stat_ms(gap for r in ok for gap in r.itl_s),

@@ -17,7 +17,7 @@ from cellar.errors import ToolError
 FORMAT_VERSION = 1
 
 Mode = Literal["concurrency", "rate"]
-Api = Literal["completions", "chat"]
+Api = Literal["completions", "chat", "embeddings"]
 TokenSource = Literal["usage", "chunks", "mixed", "none"]
 
 
@@ -35,6 +35,7 @@ class RequestResult(_Model):
     prompt_tokens: int | None = None
     output_tokens: int | None = Field(None, description="From the server's usage, when given.")
     output_chunks: int = 0
+    inputs: int = Field(0, description="Texts embedded (embeddings requests).")
     requested_output_tokens: int
     error: str | None = Field(None, description="Error kind; None when the request succeeded.")
     error_detail: str | None = None
@@ -70,6 +71,8 @@ class LevelMetrics(_Model):
     total_token_throughput: float
     total_input_tokens: int
     total_output_tokens: int
+    input_throughput: float = Field(0.0, description="Texts embedded per second (embeddings).")
+    input_token_throughput: float = Field(0.0, description="Prompt tokens per second.")
     ttft_ms: Stat
     tpot_ms: Stat
     itl_ms: Stat
@@ -151,6 +154,7 @@ class WorkloadSpec(_Model):
     ignore_eos_honoured: bool | None = None
     warmup_requests: int
     tokens_per_word: float | None = Field(None, description="Random prompts' calibration.")
+    inputs_per_request: int = Field(1, description="Texts per embeddings request.")
 
 
 class Run(_Model):

@@ -104,7 +104,30 @@ def describe_machine(facts: dict[str, Any] | None) -> str:
     return f"{facts.get('cpu_model')}, {cores}, {gib:.0f} GiB RAM, {gpu}; {facts.get('os')}"
 
 
+def _embedding_levels(run: Run) -> list[str]:
+    lines = [
+        f"Each request embeds {run.workload.inputs_per_request} text(s).",
+        "",
+        "| level | ok | failed | req/s | inputs/s | tokens/s | latency p50 / p90 / p99 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for level in run.levels:
+        m = level.metrics
+        if m is None:
+            continue
+        e2e = m.e2el_ms
+        lines.append(
+            f"| {level.label}{' (interrupted)' if level.interrupted else ''} | {m.completed} "
+            f"| {m.failed} | {_fmt(m.request_throughput, 2)} | {_fmt(m.input_throughput)} "
+            f"| {_fmt(m.input_token_throughput)} "
+            f"| {_fmt(e2e.median)} / {_fmt(e2e.p90)} / {_fmt(e2e.p99)} |"
+        )
+    return lines
+
+
 def _level_table(run: Run) -> list[str]:
+    if run.endpoint.api == "embeddings":
+        return _embedding_levels(run)
     lines = [
         "| level | ok | failed | req/s | output tok/s | total tok/s | TTFT p50 / p90 / p99 (ms) "
         "| TPOT p50 / p90 / p99 (ms) | ITL p50 / p99 (ms) | E2E p50 / p99 (s) | goodput (req/s) |",

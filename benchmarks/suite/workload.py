@@ -2,7 +2,8 @@
 (`prompts.jsonl`), or a user's JSONL file.
 
 A JSONL line holds `prompt` (a string, for /v1/completions) or `messages` (OpenAI chat messages,
-for /v1/chat/completions), and optionally `max_tokens`. Random prompts are drawn from common
+for /v1/chat/completions), and optionally `max_tokens`. For /v1/embeddings each request takes the
+texts of `--batch` prompts. Random prompts are drawn from common
 English words; their length in tokens is calibrated against the server's own tokenizer first
 (two probe requests), and the record keeps the token counts the server reported.
 """
@@ -47,8 +48,12 @@ class Prompt:
     prompt: str | None
     messages: list[dict[str, Any]] | None
     output_len: int
+    texts: tuple[str, ...] = ()
+    """An embeddings request's inputs (several prompts' texts)."""
 
     def body(self, api: str) -> dict[str, Any]:
+        if api == "embeddings":
+            return {"input": list(self.texts) or [self.prompt or ""]}
         if api == "chat":
             messages = self.messages or [{"role": "user", "content": self.prompt or ""}]
             return {"messages": messages}
@@ -126,7 +131,9 @@ class Workload:
         output_len: int = DEFAULT_OUTPUT_LEN,
         range_ratio: float = 0.0,
         calibration: Calibration | None = None,
+        batch: int = 0,
     ) -> None:
+        """`batch`: texts per request, each request an embeddings one (0: prompts)."""
         if not 0.0 <= range_ratio < 1.0:
             raise WorkloadError(f"--range-ratio {range_ratio}: must be in [0, 1)")
         self._fixed = fixed
@@ -136,6 +143,7 @@ class Workload:
         self._ratio = range_ratio
         self._calibration = calibration or Calibration(1.0, 0.0)
         self._order: list[int] = []
+        self._batch = batch
 
     def _vary(self, length: int) -> int:
         low = max(1, round(length * (1 - self._ratio)))
@@ -143,6 +151,16 @@ class Workload:
         return self._rng.randint(low, high)
 
     def next(self) -> Prompt:
+        if not self._batch:
+            return self._one()
+        texts = []
+        for _ in range(self._batch):
+            prompt = self._one()
+            messages = prompt.messages or []
+            texts.append(prompt.prompt or " ".join(str(m.get("content")) for m in messages))
+        return Prompt(None, None, 0, tuple(texts))
+
+    def _one(self) -> Prompt:
         if self._fixed is not None:
             if not self._order:
                 self._order = list(range(len(self._fixed)))

@@ -60,7 +60,7 @@ def embedding_model(engine: str) -> dict[str, Any]:
             **common,
             "source": f"store:{GGUF}",
             "engine": "llamacpp",
-            "llamacpp": {"n_ctx": WINDOW, "n_parallel": 64, "n_batch": 4096},
+            "llamacpp": {"n_ctx": WINDOW, "n_parallel": 64, "n_batch": 512},
         }
     from tests.gateway import VLLM_PYTHON
 
