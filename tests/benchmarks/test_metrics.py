@@ -121,3 +121,20 @@ def test_parse_slo() -> None:
     for bad in ("latency=1s", "ttft", "ttft=fast", "ttft=-5ms"):
         with pytest.raises(ValueError):
             parse_slo(bad)
+
+
+def test_embedding_throughputs_count_texts_and_tokens() -> None:
+    embedded = [
+        RequestResult(start_s=0.0, latency_s=0.2, prompt_tokens=300, inputs=32, **NO_OUTPUT),
+        RequestResult(start_s=0.1, latency_s=0.3, prompt_tokens=100, inputs=8, **NO_OUTPUT),
+        RequestResult(start_s=0.2, latency_s=0.01, error="http_400:x", inputs=0, **NO_OUTPUT),
+    ]
+    m = summarize(embedded, duration_s=2.0)
+    assert (m.completed, m.failed) == (2, 1)
+    assert m.input_throughput == pytest.approx(20.0)  # 40 texts / 2 s
+    assert m.input_token_throughput == pytest.approx(200.0)  # 400 tokens / 2 s
+    assert m.e2el_ms.median == pytest.approx(250.0)
+    assert m.ttft_ms.median is None and m.output_throughput == 0
+
+
+NO_OUTPUT = {"requested_output_tokens": 0, "output_tokens": 0}

@@ -71,3 +71,13 @@ def test_urls() -> None:
     assert api_root("http://h:8000/v1/") == "http://h:8000/v1"
     assert api_root("http://h/proxy/openai") == "http://h/proxy/openai"
     assert server_root("http://h:8000") == "http://h:8000"
+
+
+def test_embedding_requests_take_several_prompts_texts() -> None:
+    prompts = read_prompts(shipped_prompts_path(), "chat", None)
+    workload = Workload(prompts, seed=3, batch=4)
+    first = workload.next()
+    assert len(first.texts) == 4 and all(first.texts)
+    assert first.body("embeddings") == {"input": list(first.texts)}
+    random_texts = Workload(None, seed=1, input_len=20, batch=2).next()
+    assert len(random_texts.texts) == 2 and first.body("embeddings")["input"]

@@ -18,9 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
+from cellar.benchmarks.suite.record import load_run
 from tests.embedding_data import PASSAGES, QUESTIONS, VIETNAMESE
 from tests.embeddings.conftest import EMBEDDER, WINDOW
-from tests.gateway import MODEL, Gateway
+from tests.gateway import MODEL, Gateway, run_cellar
 from tests.minilm import Reference
 
 pytestmark = pytest.mark.slow
@@ -243,3 +244,35 @@ def test_the_canary_checks_cosine_bounds(embedding_gateway: Gateway) -> None:
     assert verdicts["same meaning"] == (True, "") and verdicts["unrelated"] == (True, "")
     passed, detail = verdicts["too strict"]
     assert not passed and "is above 0.2" in detail
+
+
+def test_cellar_bench_measures_embeddings(embedding_gateway: Gateway, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    done = run_cellar(
+        "bench",
+        "--base-url",
+        embedding_gateway.base_url,
+        "--model",
+        EMBEDDER,
+        "--api",
+        "embeddings",
+        "--batch",
+        "4",
+        "--concurrency",
+        "1,2",
+        "-n",
+        "6",
+        "--warmup",
+        "1",
+        "--no-generator-check",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    run = load_run(out / "run.json")
+    assert run.endpoint.api == "embeddings" and run.workload.inputs_per_request == 4
+    for level in run.levels:
+        assert level.metrics is not None and level.metrics.completed == 6
+        assert level.metrics.input_throughput > 0 and level.metrics.e2el_ms.p99 is not None
+        assert all(r.inputs == 4 and (r.prompt_tokens or 0) > 4 for r in level.results)
+    assert "inputs/s" in done.stdout and "inputs/s" in (out / "report.md").read_text()
