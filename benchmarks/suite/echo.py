@@ -52,6 +52,16 @@ def _answer(path: str, request: dict[str, object]) -> bytes:
     return _response("200 OK", "text/event-stream", stream)
 
 
+def _vectors(request: dict[str, object]) -> bytes:
+    """An embeddings answer: one fixed vector per input, 2 tokens per input counted."""
+    given = request.get("input")
+    count = len(given) if isinstance(given, list) and not isinstance(given[0], int) else 1
+    data = [{"object": "embedding", "index": i, "embedding": [1.0, 0.0]} for i in range(count)]
+    usage = {"prompt_tokens": 2 * count, "total_tokens": 2 * count}
+    body = {"object": "list", "data": data, "model": request.get("model"), "usage": usage}
+    return _response("200 OK", "application/json", json.dumps(body).encode())
+
+
 def _failure(kind: int, path: str) -> tuple[bytes, bool]:
     """(bytes to send, whether to drop the connection after them)."""
     if kind == 0:
@@ -112,6 +122,10 @@ class Echo:
                             break
                         continue
                     writer.write(_answer(path, json.loads(body or b"{}")))
+                elif method == "POST" and path.endswith("/embeddings"):
+                    if self._delay_s:
+                        await asyncio.sleep(self._delay_s)
+                    writer.write(_vectors(json.loads(body or b"{}")))
                 elif method == "GET" and path.endswith("/models"):
                     models = {"object": "list", "data": [{"id": "echo", "object": "model"}]}
                     writer.write(
