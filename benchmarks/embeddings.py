@@ -12,7 +12,8 @@ reproducibly from a fixed vocabulary. The bundled embedding model (all-MiniLM-L6
   checkpoint `make setup` imported, in this process, torch on the same number of threads. What
   users would otherwise run.
 
-Each figure is the median over `--runs`; the order of the two alternates between runs. Targets:
+Each figure is the median over `--runs`, and each ratio the median of the per-run ratios; the
+order of the two alternates between runs. Targets:
 Cellar's inputs/s at least 1.0x sentence-transformers', and the query p50 at most 15 ms.
 """
 
@@ -135,10 +136,6 @@ def sentence_transformers_rate(model: Any, texts: list[str], batch: int) -> floa
     return len(texts) / (time.perf_counter() - started)
 
 
-def _median_rows(figures: dict[str, list[float]]) -> dict[str, float]:
-    return {key: statistics.median(values) for key, values in figures.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,22 +188,33 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures.items())
                 )
-    medians = _median_rows(figures)
-    st = medians["st"]
     print()
-    print(f"| figure (median of {args.runs}) | Cellar | sentence-transformers | ratio |")
-    print("|---|---:|---:|---:|")
-    for clients in CLIENTS:
-        ours = medians[f"cellar-{clients}"]
-        print(
-            f"| inputs/s, {clients} client{'s' if clients > 1 else ''}, batch {args.batch} "
-            f"| {ours:.1f} | {st:.1f} | {ours / st:.2f}x |"
-        )
-    print(
-        f"| one {QUERY_TOKENS}-token query, p50 ms (through the gateway) "
-        f"| {medians['query']:.1f} | - | target <= 15 |"
-    )
+    print("\n".join(table(figures, args.batch)))
     return 0
+
+
+def table(figures: dict[str, list[float]], batch: int) -> list[str]:
+    """Medians of each figure, and the median of the per-run ratios (runs drift together)."""
+    medians = {key: statistics.median(values) for key, values in figures.items()}
+    runs = len(figures["st"])
+    lines = [
+        f"| figure (median of {runs} runs) | Cellar | sentence-transformers | ratio | per run |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for clients in CLIENTS:
+        ours = figures[f"cellar-{clients}"]
+        ratios = [a / b for a, b in zip(ours, figures["st"], strict=True)]
+        lines.append(
+            f"| inputs/s, {clients} client{'s' if clients > 1 else ''}, batch {batch} "
+            f"| {medians[f'cellar-{clients}']:.1f} | {medians['st']:.1f} "
+            f"| {statistics.median(ratios):.2f}x | {' '.join(f'{r:.2f}' for r in ratios)} |"
+        )
+    lines.append(
+        f"| one {QUERY_TOKENS}-token query, p50 ms (through the gateway) "
+        f"| {medians['query']:.1f} | - | target <= 15 | "
+        f"{' '.join(f'{q:.1f}' for q in figures['query'])} |"
+    )
+    return lines
 
 
 if __name__ == "__main__":
