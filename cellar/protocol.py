@@ -14,6 +14,8 @@ from cellar.errors import ContextLengthExceeded, InvalidRequest, UnsupportedPara
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 512
+MAX_LOGIT_BIAS = 1024
+"""Entries of one request's `logit_bias`."""
 """Characters of one stop string (each engine looks for every one after every token)."""
 
 
@@ -94,19 +96,38 @@ class _SamplingRequest(_Request):
     frequency_penalty: Penalty | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
+    logit_bias: (
+        Annotated[
+            dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
+            Field(max_length=MAX_LOGIT_BIAS),
+        ]
+        | None
+    ) = None
+    """Token id (as a string) -> a bias from -100 (never) to 100 (always), added to its logit."""
     # Extensions with vLLM's names:
     top_k: int | None = Field(None, ge=-1, description="0 or -1: no top-k truncation")
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     ignore_eos: bool = Field(False, description="generate max_tokens even past end-of-text")
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isascii() or not key.isdigit() or len(key) > 9:
+                raise ValueError(f"{key!r} is not a token id (a non-negative integer)")
+        return value
+
+    def biases(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias) pairs."""
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
+
     def check_supported(self) -> None:
         """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""
         if self.n is not None and self.n > 1:
             raise UnsupportedParameter("n > 1 is not supported yet; send n=1", param="n")
-        for name in ("tools", "logit_bias"):
-            if getattr(self, name, None) not in (None, False):
-                raise UnsupportedParameter(f"`{name}` is not supported yet", param=name)
+        if getattr(self, "tools", None) not in (None, False):
+            raise UnsupportedParameter("`tools` is not supported yet", param="tools")
 
     def top_logprob_count(self) -> int | None:
         """None: no logprobs wanted; else how many alternatives per token."""

@@ -41,6 +41,7 @@ def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParam
         logprobs=body.top_logprob_count(),
         grammar=grammar,
         ignore_eos=body.ignore_eos,
+        logit_bias=body.biases(),
     )
 
 
@@ -79,6 +80,16 @@ class WorkerService:
         self.scheduler = scheduler
         self.adapters = list(loaded.adapters)
 
+    def check_biases(self, body: Body) -> None:
+        n_vocab = self.model.n_vocab
+        outside = [token for token, _ in body.biases() if token >= n_vocab]
+        if outside:
+            raise InvalidRequest(
+                f"`logit_bias` names token ids outside the vocabulary (0..{n_vocab - 1}): "
+                f"{outside[:5]}",
+                param="logit_bias",
+            )
+
     def check_model(self, body: Body) -> None:
         if body.model != self.model.name and body.model not in self.adapters:
             served = ", ".join([self.model.name, *self.adapters])
@@ -89,6 +100,7 @@ class WorkerService:
     ) -> Response:
         param = "messages" if kind == "chat" else "prompt"
         budget = self.model.completion_budget(len(prompt), requested, param)
+        self.check_biases(body)
         grammar = await grammar_off_loop(body.response_format)
         if grammar is not None:
             check_grammar(self.vocab, grammar)

@@ -41,6 +41,8 @@ class SamplingParams:
     """GBNF the output must follow (structured output)."""
     ignore_eos: bool = False
     """Keep generating past end-of-text tokens until max_tokens (fixed-length benchmarks)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before anything else; -100 bans the token."""
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class LoadedModel:
         self.name = spec.name
         self.n_ctx = spec.n_ctx
         self._vocab = vocab
-        self._n_vocab = vocab.n_vocab()
+        self.n_vocab = vocab.n_vocab()
         self._bos = vocab.token_bos()
         self._add_bos = vocab.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         source = spec.chat_template or vocab.metadata.get(GGUF_TEMPLATE_KEY)
@@ -151,10 +151,10 @@ class LoadedModel:
     def completion_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             return self.encode(prompt)
-        bad = [t for t in prompt if not 0 <= t < self._n_vocab]
+        bad = [t for t in prompt if not 0 <= t < self.n_vocab]
         if bad:
             raise InvalidRequest(
-                f"prompt has token ids outside the vocabulary (0..{self._n_vocab - 1}): {bad[:5]}",
+                f"prompt has token ids outside the vocabulary (0..{self.n_vocab - 1}): {bad[:5]}",
                 param="prompt",
             )
         return list(prompt)

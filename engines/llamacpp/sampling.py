@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +33,28 @@ def _seed(seed: int | None) -> int:
     return value - 1 if value == _RANDOM_SEED else value
 
 
+def _logit_bias(params: SamplingParams, model: NativeModel) -> ctypes.c_void_p:
+    """llama.cpp's logit-bias sampler; a bias of -100 bans its token outright (OpenAI's
+    meaning), as llama.cpp's own server does."""
+    entries = (llama_cpp.llama_logit_bias * len(params.logit_bias))()
+    for entry, (token, bias) in zip(entries, params.logit_bias, strict=True):
+        entry.token = token
+        entry.bias = -math.inf if bias <= -100 else bias
+    sampler: ctypes.c_void_p = llama_cpp.llama_sampler_init_logit_bias(
+        model.n_vocab, len(params.logit_bias), entries
+    )
+    return sampler
+
+
 def build_chain(params: SamplingParams, model: NativeModel) -> SamplerChain:
-    """penalties -> top-k -> top-p -> min-p -> temperature -> draw (or greedy).
+    """logit bias -> penalties -> top-k -> top-p -> min-p -> temperature -> draw (or greedy).
 
     Each request gets its own chain, so its penalties history and random stream are its own.
     """
     chain = SamplerChain()
     try:
+        if params.logit_bias:
+            chain.add(_logit_bias(params, model))
         penalised = (
             params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1
         )

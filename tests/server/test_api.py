@@ -178,3 +178,50 @@ def test_penalties_and_top_p_are_accepted(gateway: Gateway) -> None:
         frequency_penalty=1.0,
     )
     assert reply.choices[0].text
+
+
+def test_logit_bias_forces_and_bans_tokens(gateway: Gateway, vocab: llama_cpp.Llama) -> None:
+    client = gateway.client()
+
+    def greedy(bias: dict[str, int] | None = None) -> tuple[str, int]:
+        reply = client.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, logit_bias=bias
+        )
+        assert reply.usage is not None
+        return reply.choices[0].text, reply.usage.completion_tokens
+
+    plain, _ = greedy()
+    first = vocab.tokenize(plain.encode(), add_bos=False, special=False)[0]
+    banned, _ = greedy({str(first): -100})
+    assert not banned.startswith(vocab.detokenize([first]).decode(errors="ignore"))
+    forced_id = vocab.tokenize(b" banana", add_bos=False, special=False)[0]
+    forced, count = greedy({str(forced_id): 100})
+    assert forced.count(vocab.detokenize([forced_id]).decode()) == count == 4
+
+
+@pytest.mark.parametrize(
+    ("bias", "why"),
+    [
+        ({"x": 1}, "not a token id"),
+        ({"-3": 1}, "not a token id"),
+        ({"5": 101}, "less than or equal to 100"),
+        ({str(i): 1 for i in range(1025)}, "at most 1024"),
+    ],
+)
+def test_bad_logit_bias_is_a_400_naming_it(gateway: Gateway, bias: object, why: str) -> None:
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "x", "logit_bias": bias}
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith("logit_bias") and why in error["message"]
+
+
+def test_logit_bias_outside_the_vocabulary_is_a_400(gateway: Gateway) -> None:
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "x", "logit_bias": {"999999": 5}}
+        )
+    assert response.status_code == 400, response.text
+    assert "999999" in response.json()["error"]["message"]
