@@ -14,6 +14,8 @@ from cellar.errors import ContextLengthExceeded, InvalidRequest, UnsupportedPara
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 512
+MAX_CHOICES = 16
+"""`n`: choices of one request (each takes a sequence slot)."""
 MAX_LOGIT_BIAS = 1024
 """Entries of one request's `logit_bias`."""
 """Characters of one stop string (each engine looks for every one after every token)."""
@@ -87,7 +89,7 @@ class _SamplingRequest(_Request):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: StopField = None
@@ -124,8 +126,6 @@ class _SamplingRequest(_Request):
 
     def check_supported(self) -> None:
         """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""
-        if self.n is not None and self.n > 1:
-            raise UnsupportedParameter("n > 1 is not supported yet; send n=1", param="n")
         if getattr(self, "tools", None) not in (None, False):
             raise UnsupportedParameter("`tools` is not supported yet", param="tools")
 

@@ -40,15 +40,17 @@ def prompt_content(body: Body) -> Any:
 
 
 def estimate_tokens(body: Body) -> int:
-    """Prompt characters / 4 plus the completion tokens the request may produce."""
+    """Prompt characters / 4 plus the completion tokens the request may produce (in each of
+    its `n` choices)."""
+    choices = body.n or 1
     if isinstance(body, ChatCompletionRequest):
         chars = sum(len(m.text()) if m.content is not None else 0 for m in body.messages)
         completion = body.token_limit() or DEFAULT_COMPLETION_ESTIMATE
-        return math.ceil(chars / CHARS_PER_TOKEN) + completion
+        return math.ceil(chars / CHARS_PER_TOKEN) + completion * choices
     prompt = body.single_prompt()
     if isinstance(prompt, list):
-        return len(prompt) + body.token_limit()
-    return math.ceil(len(prompt) / CHARS_PER_TOKEN) + body.token_limit()
+        return len(prompt) + body.token_limit() * choices
+    return math.ceil(len(prompt) / CHARS_PER_TOKEN) + body.token_limit() * choices
 
 
 def estimate_input_tokens(inputs: list[str | list[int]]) -> int:

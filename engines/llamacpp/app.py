@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from cellar.engines.grammar import grammar_off_loop
 from cellar.engines.llamacpp.grammar import check_grammar
-from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, SamplingParams, TokenLogprob
+from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, Piece, SamplingParams, TokenLogprob
 from cellar.engines.llamacpp.model import Loaded
 from cellar.engines.llamacpp.responses import Kind, Shaper, Usage
 from cellar.engines.llamacpp.scheduler import BatchScheduler
@@ -45,19 +46,55 @@ def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParam
     )
 
 
-def _usage(job: Job) -> Usage:
-    return Usage(len(job.prompt), job.completion_tokens, job.cached_tokens)
+def _usage(jobs: list[Job]) -> Usage:
+    """The prompt once (with the first choice's reuse of earlier requests), every completion."""
+    completion = sum(job.completion_tokens for job in jobs)
+    return Usage(len(jobs[0].prompt), completion, jobs[0].cached_tokens)
 
 
-async def _stream(job: Job, shaper: Shaper, include_usage: bool) -> AsyncIterator[bytes]:
-    first = True
-    async for piece in job.pieces():
-        if piece.text or piece.finish_reason or piece.logprobs or first:
-            chunk = shaper.chunk(piece.text, piece.finish_reason, first, piece.logprobs)
-            yield sse_event(chunk)
-            first = False
-    if include_usage:
-        yield sse_event(shaper.usage_chunk(_usage(job)))
+def _choices(body: Body, max_tokens: int, grammar: str | None) -> list[SamplingParams]:
+    """One set of sampling parameters per choice; with a seed, choice i draws from seed + i
+    (reproducible, and different from each other)."""
+    first = _sampling(body, max_tokens, grammar)
+    n = body.n or 1
+    if body.seed is None:
+        return [first] * n
+    return [dataclasses.replace(first, seed=body.seed + i) for i in range(n)]
+
+
+async def _stream(jobs: list[Job], shaper: Shaper, include_usage: bool) -> AsyncIterator[bytes]:
+    """The choices' pieces as they come, each chunk naming its choice's index."""
+    merged: asyncio.Queue[tuple[int, Piece | BaseException]] = asyncio.Queue()
+
+    async def feed(index: int, job: Job) -> None:
+        try:
+            async for piece in job.pieces():
+                merged.put_nowait((index, piece))
+        except Exception as exc:  # handed to the stream, which raises it
+            merged.put_nowait((index, exc))
+
+    feeders = [asyncio.create_task(feed(i, job)) for i, job in enumerate(jobs)]
+    started: set[int] = set()
+    try:
+        for _ in jobs:
+            while True:
+                index, piece = await merged.get()
+                if isinstance(piece, BaseException):
+                    raise piece
+                first = index not in started
+                if piece.text or piece.finish_reason or piece.logprobs or first:
+                    chunk = shaper.chunk(
+                        piece.text, piece.finish_reason, first, piece.logprobs, index
+                    )
+                    yield sse_event(chunk)
+                    started.add(index)
+                if piece.finish_reason is not None:
+                    break
+        if include_usage:
+            yield sse_event(shaper.usage_chunk(_usage(jobs)))
+    finally:
+        for feeder in feeders:
+            feeder.cancel()
 
 
 async def _collect(job: Job) -> tuple[str, str, list[TokenLogprob]]:
@@ -105,19 +142,21 @@ class WorkerService:
         if grammar is not None:
             check_grammar(self.vocab, grammar)
         adapter = body.model if body.model in self.adapters else None
-        job = self.scheduler.submit(prompt, _sampling(body, budget, grammar), adapter)
+        jobs = self.scheduler.submit_choices(prompt, _choices(body, budget, grammar), adapter)
         shaper = Shaper(kind, body.model, logprobs=body.top_logprob_count() is not None)
-        if body.stream:
 
-            async def cancel() -> None:
+        async def cancel() -> None:
+            for job in jobs:
                 job.cancel()
 
-            return sse_response(_stream(job, shaper, body.wants_usage_in_stream()), cancel)
+        if body.stream:
+            return sse_response(_stream(jobs, shaper, body.wants_usage_in_stream()), cancel)
         try:
-            text, finish, logprobs = await unless_disconnected(request, _collect(job))
+            gathered = asyncio.gather(*(_collect(job) for job in jobs))
+            choices = await unless_disconnected(request, gathered)
         finally:
-            job.cancel()
-        return JSONResponse(shaper.full(text, finish, _usage(job), logprobs))
+            await cancel()
+        return JSONResponse(shaper.full(choices, _usage(jobs)))
 
     def stats(self) -> dict[str, int]:
         counters = self.scheduler.counters

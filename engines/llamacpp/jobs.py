@@ -73,6 +73,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     adapter: str | None = None
     """The LoRA adapter this job decodes with (its served name); None: the base model."""
+    siblings: int = 0
+    """Other jobs of the same request (`n` choices of one prompt): they ride along with each
+    other's prompt, however short, so it is computed once."""
     completion_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens whose KV was reused from an earlier request instead of computed."""

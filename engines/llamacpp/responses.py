@@ -11,6 +11,8 @@ from typing import Any, Literal
 from cellar.engines.llamacpp.jobs import TokenLogprob
 
 Kind = Literal["chat", "completion"]
+Choice = tuple[str, str, Sequence[TokenLogprob]]
+"""One finished choice: its text, finish reason and token logprobs."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class Shaper:
     """Whether the client asked for logprobs (otherwise the field is null)."""
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
-    _text_offset: int = 0
+    _text_offsets: dict[int, int] = field(default_factory=dict)
+    """Per choice: characters of text sent so far (legacy completions' logprobs)."""
 
     def __post_init__(self) -> None:
         prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
@@ -58,15 +61,15 @@ class Shaper:
     def _envelope(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def _logprobs(self, items: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+    def _logprobs(self, items: Sequence[TokenLogprob], index: int) -> dict[str, Any] | None:
         if not self.logprobs:
             return None
         if self.kind == "chat":
             return {"content": [_chat_entry(item) for item in items], "refusal": None}
         offsets = []
         for item in items:
-            offsets.append(self._text_offset)
-            self._text_offset += len(item.token)
+            offsets.append(self._text_offsets.get(index, 0))
+            self._text_offsets[index] = offsets[-1] + len(item.token)
         return {
             "tokens": [item.token for item in items],
             "token_logprobs": [item.logprob for item in items],
@@ -80,39 +83,46 @@ class Shaper:
         finish_reason: str | None,
         first: bool = False,
         logprobs: Sequence[TokenLogprob] = (),
+        index: int = 0,
     ) -> dict[str, Any]:
-        lp = self._logprobs(logprobs)
+        """A streamed chunk of choice `index` (`first`: its first, which names the role)."""
+        lp = self._logprobs(logprobs, index)
         if self.kind == "chat":
             delta: dict[str, str] = {"role": "assistant"} if first else {}
             if text or first:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": lp,
+                "finish_reason": finish_reason,
+            }
             return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish_reason}
         return {**self._envelope("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj), "choices": [], "usage": usage.as_dict()}
 
-    def full(
-        self,
-        text: str,
-        finish_reason: str,
-        usage: Usage,
-        logprobs: Sequence[TokenLogprob] = (),
-    ) -> dict[str, Any]:
-        lp = self._logprobs(logprobs)
-        if self.kind == "chat":
-            message = {"role": "assistant", "content": text, "refusal": None}
-            choice = {
-                "index": 0,
-                "message": message,
-                "logprobs": lp,
-                "finish_reason": finish_reason,
-            }
-            envelope = self._envelope("chat.completion")
-        else:
-            choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish_reason}
-            envelope = self._envelope("text_completion")
-        return {**envelope, "choices": [choice], "usage": usage.as_dict()}
+    def full(self, choices: Sequence[Choice], usage: Usage) -> dict[str, Any]:
+        """The whole answer: every choice, in order, and the usage of them all."""
+        shaped = []
+        for index, (text, finish_reason, logprobs) in enumerate(choices):
+            lp = self._logprobs(logprobs, index)
+            if self.kind == "chat":
+                message = {"role": "assistant", "content": text, "refusal": None}
+                shaped.append(
+                    {
+                        "index": index,
+                        "message": message,
+                        "logprobs": lp,
+                        "finish_reason": finish_reason,
+                    }
+                )
+            else:
+                shaped.append(
+                    {"index": index, "text": text, "logprobs": lp, "finish_reason": finish_reason}
+                )
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {**self._envelope(obj), "choices": shaped, "usage": usage.as_dict()}

@@ -132,7 +132,7 @@ class BatchScheduler:
         self._adapters = adapters or {}
         self._turn: str | None = None
         """The adapter whose sequences the last step decoded."""
-        self._incoming: queue.Queue[Job | None] = queue.Queue()
+        self._incoming: queue.Queue[list[Job] | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._slots = [Slot(seq) for seq in range(context.shape.n_parallel)]
         self._active: list[Active] = []
@@ -154,9 +154,18 @@ class BatchScheduler:
     def submit(self, prompt: list[int], params: SamplingParams, adapter: str | None = None) -> Job:
         """Queue a job (with one of the loaded adapters, or none); call from the event loop
         that will read its pieces."""
-        job = Job(prompt=prompt, params=params, loop=asyncio.get_running_loop(), adapter=adapter)
-        self._incoming.put(job)
-        return job
+        return self.submit_choices(prompt, [params], adapter)[0]
+
+    def submit_choices(
+        self, prompt: list[int], choices: list[SamplingParams], adapter: str | None = None
+    ) -> list[Job]:
+        """Queue one job per choice of the same prompt, together: admitted at once, they
+        compute the prompt once (one rides along with the other)."""
+        loop = asyncio.get_running_loop()
+        siblings = len(choices) - 1
+        jobs = [Job(prompt, params, loop, adapter, siblings) for params in choices]
+        self._incoming.put(jobs)
+        return jobs
 
     def close(self) -> None:
         self._incoming.put(None)
@@ -183,7 +192,7 @@ class BatchScheduler:
 
     def _pull(self, block: bool) -> bool:
         """Move newly submitted jobs to the waiting line; False once asked to shut down."""
-        return drain(self._incoming, block, self._waiting.append)
+        return drain(self._incoming, block, self._waiting.extend)
 
     def _drop_cancelled(self) -> None:
         if any(job.cancelled for job in self._waiting):
@@ -257,7 +266,9 @@ class BatchScheduler:
                 len(job.prompt) - 1,
                 len(other.job.prompt) - 1,
             )
-            if upto >= at + MIN_RIDE and (best is None or upto > best[1]):
+            # choices of one request (the same prompt object) share even a short prompt
+            least = 1 if job.siblings and other.job.prompt is job.prompt else MIN_RIDE
+            if upto >= at + least and (best is None or upto > best[1]):
                 best = (other, upto)
         return best
 

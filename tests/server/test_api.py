@@ -225,3 +225,58 @@ def test_logit_bias_outside_the_vocabulary_is_a_400(gateway: Gateway) -> None:
         )
     assert response.status_code == 400, response.text
     assert "999999" in response.json()["error"]["message"]
+
+
+def test_n_choices_are_different_and_reproducible(gateway: Gateway) -> None:
+    client = gateway.client()
+
+    def ask() -> tuple[list[str], int, int]:
+        reply = client.completions.create(
+            model=MODEL,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=1.0,
+            seed=11,
+            n=4,
+            extra_body={"ignore_eos": True},
+        )
+        assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+        assert reply.usage is not None
+        return (
+            [c.text for c in reply.choices],
+            reply.usage.completion_tokens,
+            reply.usage.prompt_tokens,
+        )
+
+    texts, completion, prompt = ask()
+    assert len(set(texts)) == 4
+    assert completion == 4 * 12  # every choice counts
+    assert ask() == (texts, completion, prompt)  # the same seed, the same choices
+    one = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=1)
+    assert one.usage is not None and one.usage.prompt_tokens == prompt  # the prompt once
+
+
+def test_streamed_choices_carry_their_index(gateway: Gateway) -> None:
+    client = gateway.client()
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a fruit."}]
+    common: dict[str, object] = {"max_tokens": 10, "temperature": 1.0, "seed": 5, "n": 3}
+    whole = client.chat.completions.create(model=MODEL, messages=messages, **common)  # type: ignore[call-overload]
+    texts: dict[int, str] = {}
+    finished: dict[int, str] = {}
+    usage = None
+    for chunk in client.chat.completions.create(  # type: ignore[call-overload]
+        model=MODEL,
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **common,
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert sorted(texts) == sorted(finished) == [0, 1, 2]
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
+    assert usage is not None and whole.usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens

@@ -125,3 +125,31 @@ def test_idle_prefixes_are_evicted_oldest_first_and_answers_stay_the_same(
     finally:
         scheduler.close()
         context.close()
+
+
+def test_the_choices_of_one_request_compute_its_prompt_once(
+    model: NativeModel, vocab: llama_cpp.Llama
+) -> None:
+    """n = 4 of a short prompt (under MIN_RIDE): the first computes it, the other three ride
+    along and compute only their own last token (each needs its own logits row)."""
+    prompt = _tokens(vocab, "The lighthouse keeper wrote in her log that")
+    context = BatchedContext(model, ContextShape(1024, 4, 128, 2))
+    scheduler = BatchScheduler(model, context, lambda t: vocab.detokenize([t]))
+
+    async def choices() -> list[str]:
+        params = [
+            SamplingParams(max_tokens=6, temperature=1.0, seed=7 + i, ignore_eos=True)
+            for i in range(4)
+        ]
+        jobs = scheduler.submit_choices(prompt, params)
+        return ["".join([piece.text async for piece in job.pieces()]) for job in jobs]
+
+    try:
+        texts = asyncio.run(choices())
+        counters = scheduler.counters
+        assert counters.prompt_tokens_evaluated == len(prompt) + 3
+        assert counters.prompt_tokens_cached == 3 * (len(prompt) - 1)
+    finally:
+        scheduler.close()
+        context.close()
+    assert len(set(texts)) > 1  # each choice draws from its own seed
