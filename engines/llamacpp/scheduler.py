@@ -175,7 +175,9 @@ class BatchScheduler:
     # -- the decode thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        while self._pull(block=not self._active):
+        # Wait for work only when there is none: jobs left waiting for a slot are admitted as
+        # soon as the step that freed the slots ends (all of them may free in the same step).
+        while self._pull(block=not self._active and not self._waiting):
             try:
                 self._drop_cancelled()
                 self._admit()

@@ -12,7 +12,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from cellar.engines.llamacpp.jobs import SamplingParams
+from cellar.engines.llamacpp.jobs import Job, SamplingParams
 from cellar.engines.llamacpp.native import BatchedContext, ContextShape, NativeModel
 from cellar.engines.llamacpp.scheduler import MIN_REUSE, BatchScheduler, common_prefix
 
@@ -153,3 +153,30 @@ def test_the_choices_of_one_request_compute_its_prompt_once(
         scheduler.close()
         context.close()
     assert len(set(texts)) > 1  # each choice draws from its own seed
+
+
+def test_jobs_waiting_for_a_slot_start_when_every_slot_frees_in_one_step(
+    model: NativeModel, vocab: llama_cpp.Llama
+) -> None:
+    """Three choices on two slots, the first two finishing in the same step: the third starts
+    at once. Before, the decode thread then waited for a new submission (found by fuzzing n=16
+    on 8 slots: the request never finished)."""
+    context = BatchedContext(model, ContextShape(1024, 2, 128, 2))
+    scheduler = BatchScheduler(model, context, lambda t: vocab.detokenize([t]))
+
+    async def three() -> list[int]:
+        params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+        jobs = scheduler.submit_choices(_tokens(vocab, "Item one:"), [params] * 3)
+
+        async def done(job: Job) -> int:
+            async for _ in job.pieces():
+                pass
+            return job.completion_tokens
+
+        return list(await asyncio.wait_for(asyncio.gather(*map(done, jobs)), timeout=60))
+
+    try:
+        assert asyncio.run(three()) == [4, 4, 4]
+    finally:
+        scheduler.close()
+        context.close()
