@@ -54,7 +54,10 @@ def test_metrics_move_after_requests(gateway: Gateway) -> None:
 def test_errors_are_counted_by_status(gateway: Gateway) -> None:
     before = _samples(gateway)
     with gateway.http() as http:
-        http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "n": 17})
+        # refused by the model's checks (a body that fails validation never names a model)
+        tools = [{"type": "function", "function": {"name": "f"}}]
+        refused = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "tools": tools})
+        assert refused.status_code == 400
     after = _samples(gateway)
     counted = "cellar:requests_total"
     assert _value(after, counted, status="400") - _value(before, counted, status="400") == 1
