@@ -135,16 +135,27 @@ class ChatTemplate:
         env.globals["range"] = _bounded_range
         env.filters["center"] = _center
         self._template = env.from_string(source)
+        self.source = source
         self._tokens = {"bos_token": bos_token, "eos_token": eos_token}
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt text; `tools` reach a template that renders them (cellar/toolcalls.py)."""
+        extra = {"tools": tools} if tools else {}
         budget = _range_left.set([MAX_RANGE_TOTAL])
         deadline = _deadline.set(time.monotonic() + RENDER_TIMEOUT_S)
         pieces: list[str] = []
         size = 0
         try:
             for piece in self._template.generate(
-                messages=messages, add_generation_prompt=add_generation_prompt, **self._tokens
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                **self._tokens,
+                **extra,
             ):
                 size += len(piece)
                 if size > MAX_RENDER_CHARS:

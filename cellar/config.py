@@ -18,12 +18,15 @@ from cellar.config_access import (
     AuditSettings,
     AuthSettings,
     CanarySettings,
+    DriftSettings,
     GoldenPrompt,
     LimitSettings,
     TlsSettings,
 )
 from cellar.config_types import Duration, Size, Strict
-from cellar.errors import ConfigError
+from cellar.errors import ConfigError, StoreError
+from cellar.rollouts import RolloutSettings
+from cellar.versions import check_tag
 
 ENV_CONFIG = "CELLAR_CONFIG"
 ENV_HOST = "CELLAR_HOST"
@@ -236,6 +239,12 @@ class ModelDeployment(Strict):
         description="Chat template when the GGUF carries none: a built-in name (gemma, chatml), "
         "a path to a .jinja file, or the template text itself.",
     )
+    tool_format: Literal["hermes", "none"] = Field(
+        "hermes",
+        description="How the model is told of `tools` and writes its calls when its chat "
+        "template does not render tools itself: `hermes` (<tool_call>{json}</tool_call>), or "
+        "`none` (requests with tools are refused).",
+    )
     startup_timeout_s: float = Field(
         300, gt=0, description="How long the worker may take to load before it counts as failed."
     )
@@ -265,6 +274,12 @@ class ModelDeployment(Strict):
     canary: list[GoldenPrompt] = Field(
         default_factory=list, description="Golden prompts the canary checks (see `canary:`)."
     )
+    rollout: RolloutSettings | None = Field(
+        None,
+        description="Guarded rollouts of this deployment's tag (its `source` must follow one): "
+        "`from` names the tag whose new versions are rolled out, with the plan's steps, "
+        "bounds and live checks.",
+    )
     adapters: list[AdapterDeployment] = Field(
         default_factory=list,
         description="LoRA adapters served on this model, each under `MODEL:NAME` and its aliases.",
@@ -277,6 +292,24 @@ class ModelDeployment(Strict):
             if golden.embeds != embeds:
                 need = "`texts` with cosine bounds" if embeds else "a `prompt` or `messages`"
                 raise ValueError(f"canary[{index}]: a model with `task: {self.task}` needs {need}")
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_follows_a_tag(self) -> ModelDeployment:
+        if self.rollout is None:
+            return self
+        prefix = "store:"  # cellar.store.STORE_PREFIX (the store imports this module)
+        _, at, tag = self.source.removeprefix(prefix).partition("@")
+        if not self.source.startswith(prefix) or not at or tag.isdigit() or not tag:
+            raise ValueError(
+                "rollout: needs a source that follows a tag, e.g. `source: store:NAME@prod`"
+            )
+        if tag == self.rollout.from_tag:
+            raise ValueError(f"rollout.from: {tag!r} is the tag this deployment follows")
+        try:
+            check_tag(self.rollout.from_tag)
+        except StoreError as exc:
+            raise ValueError(f"rollout.from: {exc.message}") from None
         return self
 
     def served_names(self) -> dict[str, AdapterDeployment | None]:
@@ -302,6 +335,7 @@ class CellarConfig(Strict):
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Request limits.")
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log.")
     canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary checks.")
+    drift: DriftSettings = Field(default_factory=DriftSettings, description="The drift report.")
 
     @field_validator("models")
     @classmethod

@@ -1,5 +1,5 @@
 """Config sections for running Cellar where others can reach it: API keys, limits, the audit log,
-TLS, and canary checks (golden prompts run on a schedule)."""
+TLS, canary checks (golden prompts run on a schedule) and the drift report."""
 
 from __future__ import annotations
 
@@ -81,6 +81,23 @@ class CanarySettings(Strict):
         None, description="CSV of every run. Default: <user data dir>/cellar/canary.csv."
     )
     timeout: Duration = Field(120, gt=0, description="Longest one golden prompt may take.")
+
+
+class DriftSettings(Strict):
+    """The drift report (`cellar drift`), run by the gateway on a schedule: each model's recent
+    window against its baseline, from the audit log; the `cellar:drift_score` gauges, and the
+    canary webhook when a feature's score passes the threshold."""
+
+    interval: Duration | None = Field(
+        None, description="How often the gateway runs it (e.g. 1h); unset: only by hand."
+    )
+    baseline: Duration = Field(
+        7 * 86400, gt=0, description="The baseline's length, before the window."
+    )
+    window: Duration = Field(86400, gt=0, description="The recent window's length, up to now.")
+    threshold: float = Field(
+        0.25, gt=0, description="PSI above which a feature is reported to the webhook."
+    )
 
 
 class GoldenPrompt(Strict):

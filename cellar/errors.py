@@ -59,6 +59,12 @@ class InvalidRequest(ApiError):
     code = "invalid_request_error"
 
 
+class PreviousResponseNotFound(InvalidRequest):
+    """`previous_response_id` names no response this key may continue (400, as OpenAI's)."""
+
+    code = "previous_response_not_found"
+
+
 class UnsupportedParameter(InvalidRequest):
     """A valid OpenAI parameter that this server does not support yet (400)."""
 

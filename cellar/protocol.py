@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cellar.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
+from cellar.toolcalls import MAX_TOOLS, ToolCall, ToolRequest, check_conversation
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 512
@@ -41,6 +42,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: str | None = Field(None, max_length=256)
 
     def text(self) -> str:
         """The message's text; non-text content parts are refused."""
@@ -126,8 +129,12 @@ class _SamplingRequest(_Request):
 
     def check_supported(self) -> None:
         """Refuse parameters that are valid OpenAI but not served yet, with a clear 400."""
-        if getattr(self, "tools", None) not in (None, False):
-            raise UnsupportedParameter("`tools` is not supported yet", param="tools")
+        for name in ("tools", "tool_choice", "parallel_tool_calls"):
+            if getattr(self, name, None) is not None:
+                raise UnsupportedParameter(
+                    f"`{name}` is for /v1/chat/completions; legacy completions take no tools",
+                    param=name,
+                )
 
     def top_logprob_count(self) -> int | None:
         """None: no logprobs wanted; else how many alternatives per token."""
@@ -142,7 +149,7 @@ class _SamplingRequest(_Request):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class ChatCompletionRequest(_SamplingRequest):
+class ChatCompletionRequest(ToolRequest, _SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
@@ -156,6 +163,17 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def top_logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def check_supported(self) -> None:
+        self.check_tools()
+        check_conversation(self.messages)
+        calls = self.tool_mode() != "none"
+        if calls and self.response_format is not None and self.response_format.type != "text":
+            raise UnsupportedParameter(
+                "`response_format` and tool calls cannot be combined; send `tool_choice: "
+                "none`, or leave `response_format` out",
+                param="response_format",
+            )
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -57,6 +57,11 @@ class Lineage(BaseModel):
     report: dict[str, Any] | None = Field(
         None, description="What was measured when it was made (e.g. perplexity before/after)."
     )
+    previous: str | None = Field(
+        None,
+        description="The version of the same name this one follows when it was made again "
+        "(a weekly retrain, a new quantization): NAME@K.",
+    )
 
 
 class Manifest(BaseModel):
@@ -202,6 +207,17 @@ class ModelStore:
         have = ", ".join(str(m.version) for m in versions)
         via = f" (tag {parsed.tag!r})" if parsed.tag else ""
         raise StoreError(f"model {parsed.name!r} has no version {number}{via}; it has {have}")
+
+    def next_of(self, name: str, fmt: Format) -> Manifest | None:
+        """Before a tool makes a new version of `name`: the latest version it follows (None for
+        a new name), or StoreError when `name` holds another kind of model."""
+        existing = self.versions(name)
+        if existing and existing[-1].format != fmt:
+            raise StoreError(
+                f"{name!r} is stored as a {existing[-1].format} model, and this makes a {fmt} "
+                "one; a new version keeps its name's kind: choose another name"
+            )
+        return existing[-1] if existing else None
 
     def file_of(self, manifest: Manifest) -> Path:
         return self._dir(manifest.name, manifest.version) / manifest.file

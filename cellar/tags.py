@@ -33,6 +33,31 @@ def promote(store: ModelStore, name: str, source: str, tag: str, why: str = "") 
         return move(refs, "promote", tag, target.version, target.sha256, why)
 
 
+def promote_version(store: ModelStore, name: str, version: int, tag: str, why: str) -> Move:
+    """Point `tag` at `version` as a promotion (a guarded rollout that passed)."""
+    target = _version(store, name, version, f"promoting {name}@{version}")
+    with store.refs.change(name) as refs:
+        return move(refs, "promote", tag, target.version, target.sha256, why)
+
+
+def record_rollout(
+    store: ModelStore, name: str, tag: str, current: int, candidate: int, why: str
+) -> Move:
+    """Record a guarded rollout's decision about `tag` (which does not move)."""
+    with store.refs.change(name) as refs:
+        entry = Move(
+            time=Move.now(),
+            user=current_user(),
+            action="rollout",
+            tag=tag,
+            from_version=current,
+            to_version=candidate,
+            why=why,
+        )
+        refs.history.append(entry)
+        return entry
+
+
 def rollback(store: ModelStore, name: str, tag: str, why: str = "") -> Move:
     """Return `tag` to the version it held before its last move (repeat to go further back)."""
     with store.refs.change(name) as refs:

@@ -34,7 +34,8 @@ SHA_PREFIX = "sha256:"
 MIN_SHA_PREFIX = 8
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 
-Action = Literal["add", "tag", "promote", "rollback", "untag"]
+Action = Literal["add", "tag", "promote", "rollback", "untag", "rollout"]
+"""`rollout`: a guarded rollout's decision (a step passed, a rollback); the tag does not move."""
 
 
 class Move(BaseModel):

@@ -84,7 +84,9 @@ def finetune(
     data: Annotated[
         Path, typer.Option(help="Training data: JSONL, chat messages or prompt/completion")
     ],
-    name: Annotated[str, typer.Option(help="Name of the adapter in the store")],
+    name: Annotated[
+        str, typer.Option(help="Name of the adapter in the store (a new version if it exists)")
+    ],
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Evaluation data (default: hold out 10%)")
     ] = None,
@@ -115,6 +117,9 @@ def finetune(
     restart: Annotated[bool, typer.Option(help="Discard a stopped run of this name")] = False,
     merge: Annotated[bool, typer.Option(help="Also store a merged checkpoint NAME-merged")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Tag the new versions, e.g. staging for a rollout")
+    ] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -154,6 +159,7 @@ def finetune(
         restart=restart,
         merge=merge,
         threads=threads,
+        tag=tag,
     )
     _warn_qlora_on_cpu(hyper, data)
     columns = (
@@ -186,9 +192,12 @@ def finetune(
         highlight=False,
     )
     for manifest in result.registered:
+        lineage = manifest.lineage
+        follows = f", follows {lineage.previous}" if lineage and lineage.previous else ""
+        tagged = f", tagged {tag}" if tag else ""
         console.print(
-            f"registered {manifest.name} ({manifest.format}, {manifest.size / 2**20:,.1f} MiB, "
-            f"sha256 {manifest.sha256[:12]})",
+            f"registered {manifest.label} ({manifest.format}, {manifest.size / 2**20:,.1f} MiB, "
+            f"sha256 {manifest.sha256[:12]}{follows}{tagged})",
             highlight=False,
         )
 

@@ -11,11 +11,13 @@ import typer
 from cellar.cli.bench import bench_app
 from cellar.cli.bundle import bundle_app
 from cellar.cli.common import Commands, ConfigOpt, console, fail
+from cellar.cli.drift import drift
 from cellar.cli.finetune import finetune
 from cellar.cli.keys import keys_app
 from cellar.cli.models import models_app
 from cellar.cli.ops import audit_app, canary, tools_app
 from cellar.cli.quantize import quantize
+from cellar.cli.rollouts import rollout_app
 from cellar.cli.versions import (
     du_models,
     gc_models,
@@ -47,10 +49,12 @@ models_app.command("untag")(untag_model)
 models_app.command("promote")(promote_model)
 models_app.command("rollback")(rollback_model)
 models_app.command("history")(history_model)
+models_app.add_typer(rollout_app, name="rollout")
 models_app.command("gc")(gc_models)
 models_app.command("du")(du_models)
 app.command()(quantize)
 app.command()(finetune)
+app.command()(drift)
 
 
 @app.command()

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.table import Table
 
 from cellar.auditlog import default_audit_path, read_lines, summarize
 from cellar.cli.common import ConfigOpt, console, fail
+from cellar.cli.gateway import ApiKeyOpt, BaseUrlOpt, admin_call, gateway_url
 from cellar.config import CellarConfig, beside, config_path, load_config
 from cellar.config_types import parse_duration
 
@@ -58,32 +58,14 @@ def summary(
 
 def canary(
     model: Annotated[str | None, typer.Option(help="Only this model")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="The gateway (default: host and port from the config)")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="CELLAR_API_KEY", help="An admin key, if keys are in use")
-    ] = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run the golden prompts on the running gateway now; exit code 1 when one fails."""
-    _, loaded = _config(config)
-    if base_url is None:
-        server = loaded.server if loaded else None
-        scheme = "https" if server and server.tls else "http"
-        host = server.host if server and server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        base_url = f"{scheme}://{host}:{server.port if server else 8000}"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = gateway_url(config, base_url)
     params = {"model": model} if model else {}
-    try:
-        response = httpx.post(
-            f"{base_url.rstrip('/')}/admin/canary", params=params, headers=headers, timeout=None
-        )
-    except httpx.HTTPError as exc:
-        raise fail(f"cannot reach the gateway at {base_url}: {exc}") from None
-    if response.status_code != 200:
-        raise fail(f"{base_url}: HTTP {response.status_code}: {response.text[:300]}")
-    answer = response.json()
+    answer = admin_call("POST", url, "/admin/canary", api_key, params=params)
     if not answer["results"]:
         console.print("no model has golden prompts (`canary:` in its config)")
         return

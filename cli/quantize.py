@@ -90,7 +90,10 @@ def quantize(
         ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="Name of the result (default: MODEL with the new type)")
+        str | None,
+        typer.Option(
+            help="Name of the result (default: MODEL with the new type); a new version if it exists"
+        ),
     ] = None,
     eval_file: Annotated[
         Path | None,
@@ -122,6 +125,9 @@ def quantize(
         bool, typer.Option(help="Quantize an already-quantized model (marked lossy)")
     ] = False,
     threads: Annotated[int | None, typer.Option(help="Threads (default: every core)")] = None,
+    tag: Annotated[
+        str | None, typer.Option(help="Tag the new version, e.g. staging for a rollout")
+    ] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -151,6 +157,7 @@ def quantize(
         allow_requantize=allow_requantize,
         threads=threads or _cores(),
         goldens=_goldens(model, config),
+        tag=tag,
     )
     opened = open_store(store, config)
     columns = (
@@ -172,8 +179,11 @@ def quantize(
     console.print(table)
     folder = opened.dir_of(manifest)
     forced = " (gate failed; registered because of --force)" if not report["gate"]["passed"] else ""
+    lineage = manifest.lineage
+    follows = f", follows {lineage.previous}" if lineage and lineage.previous else ""
+    tagged = f", tagged {tag}" if tag else ""
     console.print(
-        f"registered {manifest.name} ({manifest.size / 2**20:,.1f} MiB, sha256 "
-        f"{manifest.sha256[:12]}){forced}; report: {folder / 'report.md'}",
+        f"registered {manifest.label} ({manifest.size / 2**20:,.1f} MiB, sha256 "
+        f"{manifest.sha256[:12]}{follows}{tagged}){forced}; report: {folder / 'report.md'}",
         highlight=False,
     )

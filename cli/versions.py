@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from cellar.auditlog import (
+    Served,
+    default_audit_path,
+    default_canary_history,
+    read_lines,
+    served_versions,
+)
 from cellar.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -19,7 +27,9 @@ from cellar.cli.common import (
     print_json,
     print_table,
 )
-from cellar.config import config_path, load_config
+from cellar.cli.gateway import ApiKeyOpt, BaseUrlOpt, gateway_url
+from cellar.cli.rollouts import guarded_promote, plan_of
+from cellar.config import beside, config_path, load_config
 from cellar.gc import config_references, disk_usage, plan_gc
 from cellar.tags import history, promote, rollback, set_tag, untag
 from cellar.versions import Move
@@ -64,11 +74,36 @@ def promote_model(
     source: Annotated[str, typer.Option("--from", help="Tag whose version is promoted")],
     target: Annotated[str, typer.Option("--to", help="Tag to move to it")],
     why: WhyOpt = "",
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            help="A guarded rollout by the running gateway: percent per step, e.g. 10,50,100"
+        ),
+    ] = None,
+    step: Annotated[str, typer.Option(help="How long each rollout step lasts")] = "10m",
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="Mirror this share of requests to the candidate, e.g. 20%"),
+    ] = None,
+    max_latency_increase: Annotated[
+        str, typer.Option(help="Rollout: p90 latency may rise this much")
+    ] = "25%",
+    max_error_increase: Annotated[
+        str, typer.Option(help="Rollout: the error rate may rise this many points")
+    ] = "1%",
+    wait: Annotated[bool, typer.Option(help="Rollout: follow it until it ends")] = False,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Point one tag at the version another holds (e.g. --from staging --to prod)."""
-    _moved(name, promote(open_store(store, config), name, source, target, why))
+    """Point one tag at the version another holds (e.g. --from staging --to prod); with
+    --canary or --shadow, gradually, by the running gateway, rolled back if it does worse."""
+    if canary is None and shadow is None:
+        _moved(name, promote(open_store(store, config), name, source, target, why))
+        return
+    plan = plan_of(canary, step, shadow, max_latency_increase, max_error_increase)
+    guarded_promote(gateway_url(config, base_url), api_key, name, source, target, plan, wait)
 
 
 def rollback_model(
@@ -88,11 +123,14 @@ def history_model(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every version added and every tag move, oldest first, with who and why."""
+    """Every version added and every tag move, oldest first, with who and why; then each
+    version's live record while it served: requests, error rate, latency, golden prompts."""
     opened = open_store(store, config)
     refs = history(opened, name)
+    served = _served(name, config)
     if as_json:
-        print_json({"name": name, **refs.model_dump(mode="json")})
+        rows = {version: figures.row() for version, figures in served.items()}
+        print_json({"name": name, **refs.model_dump(mode="json"), "served": rows})
         return
     table = Table("time (UTC)", "user", "action", "tag", "from", "to", "sha256", "why")
     table.title = f"{name}: " + (
@@ -110,6 +148,24 @@ def history_model(
             entry.why,
         )
     print_table(table)
+    if served:
+        live = Table(title=f"{name}: each version while it served (audit log, canary history)")
+        columns = next(iter(served.values())).row()
+        for column in ("version", *columns):
+            live.add_column(column, justify="left" if column in ("version", "served") else "right")
+        for version, figures in served.items():
+            live.add_row(version, *figures.row().values())
+        print_table(live)
+
+
+def _served(name: str, config: Path | None) -> dict[str, Served]:
+    """Each version's live record, from the audit log and canary history the config names (or
+    the default ones)."""
+    path = config_path(config)
+    loaded = load_config(path) if path.is_file() else None
+    audit = (beside(path, loaded.audit.path) if loaded else None) or default_audit_path()
+    canary = (beside(path, loaded.canary.history) if loaded else None) or default_canary_history()
+    return served_versions(name, read_lines(audit), canary)
 
 
 def _references(config: ConfigOpt) -> list[str]:

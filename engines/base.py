@@ -23,6 +23,7 @@ import httpx
 from cellar.config import ModelDeployment
 from cellar.deployments import Artifacts, EngineChoice, EngineName, ResolvedDeployment
 from cellar.engines.channel import Channel
+from cellar.engines.toolcalls import CallRewriter
 from cellar.hardware import Hardware
 from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.store import Format
@@ -80,6 +81,11 @@ class Engine(Protocol):
         raise InvalidRequest."""
         ...
 
+    def rewriter(self, request: CompletionBody) -> CallRewriter | None:
+        """How the gateway must rewrite this engine's answers to `request` (tool calls read
+        out of the text, when the engine does not do it as Cellar does); None: as they are."""
+        ...
+
     async def load(self) -> tuple[int, int] | None:
         """(running, waiting) requests inside the engine; None when it cannot tell now."""
         ...
@@ -90,6 +96,10 @@ class Dialect(Protocol):
 
     def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         """See Engine.prepare."""
+        ...
+
+    def rewriter(self, request: CompletionBody) -> CallRewriter | None:
+        """See Engine.rewriter."""
         ...
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -43,32 +44,41 @@ _PATTERN_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 PARAM = "response_format"
 
 
-def _too_big(why: str) -> InvalidRequest:
-    return InvalidRequest(f"cannot enforce this JSON schema: {why}", param=PARAM)
+@dataclass(frozen=True)
+class Grammar:
+    """GBNF an answer follows: from its first token, or (lazily) from where `trigger` first
+    appears in it."""
+
+    text: str
+    trigger: str | None = None
 
 
-def _repeats(node: Any, depth: int = 0) -> int:
+def _too_big(why: str, param: str = PARAM) -> InvalidRequest:
+    return InvalidRequest(f"cannot enforce this JSON schema: {why}", param=param)
+
+
+def _repeats(node: Any, depth: int = 0, param: str = PARAM) -> int:
     """The sum of the repeats `node` asks for; InvalidRequest when one is out of bounds."""
     if depth > MAX_SCHEMA_DEPTH:
-        raise _too_big(f"it nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        raise _too_big(f"it nests deeper than {MAX_SCHEMA_DEPTH} levels", param)
     total = 0
     if isinstance(node, dict):
         for key, value in node.items():
             counts: list[int] = []
             if key in _REPEAT_KEYS and isinstance(value, int | float):
                 if not math.isfinite(value):
-                    raise _too_big(f"{key} is {value}")
+                    raise _too_big(f"{key} is {value}", param)
                 counts = [int(value)]
             elif key == "pattern" and isinstance(value, str):
                 counts = [int(n) for pair in _PATTERN_REPEAT.findall(value) for n in pair if n]
             else:
-                total += _repeats(value, depth + 1)
+                total += _repeats(value, depth + 1, param)
             for count in counts:
                 if count > MAX_REPEAT:
-                    raise _too_big(f"{key} {count} is more than {MAX_REPEAT} repeats")
+                    raise _too_big(f"{key} {count} is more than {MAX_REPEAT} repeats", param)
                 total += count
     elif isinstance(node, list):
-        total += sum(_repeats(item, depth + 1) for item in node)
+        total += sum(_repeats(item, depth + 1, param) for item in node)
     return total
 
 
@@ -79,12 +89,12 @@ def check_format(response_format: ResponseFormat | None) -> None:
         check_schema(response_format.json_schema.schema_)
 
 
-def check_schema(schema: dict[str, Any]) -> None:
+def check_schema(schema: dict[str, Any], param: str = PARAM) -> None:
     """Refuse, before anything is built, a schema whose grammar could grow without bound."""
     if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
-        raise _too_big(f"it is larger than {MAX_SCHEMA_BYTES} bytes")
-    if _repeats(schema) > MAX_REPEATS_TOTAL:
-        raise _too_big(f"it asks for more than {MAX_REPEATS_TOTAL} repeats in all")
+        raise _too_big(f"it is larger than {MAX_SCHEMA_BYTES} bytes", param)
+    if _repeats(schema, 0, param) > MAX_REPEATS_TOTAL:
+        raise _too_big(f"it asks for more than {MAX_REPEATS_TOTAL} repeats in all", param)
 
 
 def grammar_for(response_format: ResponseFormat | None) -> str | None:

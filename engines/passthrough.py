@@ -52,7 +52,6 @@ OPENAI_FIELDS = frozenset(
         "functions",
         "metadata",
         "modalities",
-        "parallel_tool_calls",
         "prediction",
         "prompt_cache_key",
         "reasoning_effort",
@@ -60,7 +59,6 @@ OPENAI_FIELDS = frozenset(
         "service_tier",
         "store",
         "suffix",
-        "tool_choice",
         "verbosity",
         "web_search_options",
     }

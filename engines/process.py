@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from cellar.engines.base import Dialect, EngineState
 from cellar.engines.channel import Channel, Probe
+from cellar.engines.toolcalls import CallRewriter
 from cellar.errors import EngineUnavailable
 from cellar.protocol import CompletionBody, EmbeddingRequest
 
@@ -152,6 +153,9 @@ class WorkerProcess:
 
     def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         return self._dialect.prepare(path, request)
+
+    def rewriter(self, request: CompletionBody) -> CallRewriter | None:
+        return self._dialect.rewriter(request)
 
     async def load(self) -> tuple[int, int] | None:
         if self._state is not EngineState.READY:

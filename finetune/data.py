@@ -3,7 +3,9 @@
 Two shapes are accepted on each line:
 - chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`, rendered
   with the chat template the server uses for the model; the loss is on the assistant turns only
-  (their text and the template's end-of-turn marker);
+  (their text and the template's end-of-turn marker). With OpenAI's `tools` beside the messages,
+  assistant `tool_calls` and `tool` turns, the example is written as the server writes tool
+  conversations (the Hermes format), so the adapter learns to call as it will be served;
 - completion: `{"prompt": "...", "completion": "..."}`, the text as `/v1/completions` sees it
   (BOS, then the prompt); the loss is on the completion and the EOS after it.
 
@@ -18,8 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cellar.chat import ChatTemplate
-from cellar.errors import ToolError
+from cellar.errors import ApiError, ToolError
+from cellar.protocol import ChatCompletionRequest
+from cellar.toolcalls import hermes_turns
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
@@ -70,6 +76,31 @@ def _check_messages(messages: Any) -> tuple[tuple[dict[str, str], ...], str | No
     return tuple(out), None
 
 
+def _plain(record: dict[str, Any]) -> Any:
+    """A record's messages; with `tools`, `tool_calls` or `tool` turns, written as the server
+    writes them for the model (the Hermes turns of cellar/toolcalls.py), so an adapter learns
+    exactly the text it is served with."""
+    messages = record["messages"]
+    tools = record.get("tools")
+    uses_tools = isinstance(messages, list) and any(
+        isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in messages
+    )
+    if tools is None and not uses_tools:
+        return messages
+    request = ChatCompletionRequest.model_validate(
+        {"model": "training", "messages": messages, "tools": tools}
+    )
+    request.check_supported()
+    return hermes_turns(request.messages, request.callable_tools())
+
+
+def _reason(exc: ValidationError | ApiError) -> str:
+    if isinstance(exc, ApiError):
+        return f"{exc.param}: {exc}" if exc.param else str(exc)
+    first = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+
+
 def _parse(line: int, text: str) -> tuple[Example | None, str | None]:
     try:
         record = json.loads(text)
@@ -78,7 +109,11 @@ def _parse(line: int, text: str) -> tuple[Example | None, str | None]:
     if not isinstance(record, dict):
         return None, "each line must be a JSON object"
     if "messages" in record:
-        messages, problem = _check_messages(record["messages"])
+        try:
+            plain = _plain(record)
+        except (ValidationError, ApiError) as exc:
+            return None, f"bad tools or tool calls: {_reason(exc)}"
+        messages, problem = _check_messages(plain)
         return (Example(line, messages=messages), None) if problem is None else (None, problem)
     if "prompt" in record or "completion" in record:
         prompt, completion = record.get("prompt"), record.get("completion")

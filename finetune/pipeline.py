@@ -6,7 +6,10 @@
 3. Training runs in `<store>/.finetune/<name>/` (checkpoints; `--resume` continues there).
 4. The outputs are registered with their lineage: the PEFT adapter `NAME` (vLLM), its GGUF
    `NAME-gguf` made by llama.cpp's `convert_lora_to_gguf.py` (llama.cpp), and with `--merge` a
-   merged checkpoint `NAME-merged` (which `cellar quantize` turns into a GGUF).
+   merged checkpoint `NAME-merged` (which `cellar quantize` turns into a GGUF). When the names
+   exist (a weekly retrain), each gets a new version whose lineage names the one it follows,
+   optionally tagged (`--tag staging`); the run's checkpoints are then dropped, so the next
+   retrain under the name starts afresh.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from typing import Any
 from cellar.chat import ChatTemplate
 from cellar.convert import llamacpp_tools
 from cellar.convert.gguf_to_hf import convert_to_hf
-from cellar.errors import IntegrityError, ToolError
+from cellar.errors import IntegrityError, StoreError, ToolError
 from cellar.finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
 from cellar.finetune.train import Hyper, Outcome, Progress, train
 from cellar.fingerprint import versions
 from cellar.hashing import sha256_file
-from cellar.store import PEFT_CONFIG, Lineage, Manifest, ModelStore
+from cellar.store import PEFT_CONFIG, Format, Lineage, Manifest, ModelStore
+from cellar.tags import set_tag
+from cellar.versions import check_tag
 
 RUNS = ".finetune"
 RUN_FILE = "run.json"
@@ -59,6 +64,15 @@ class Request:
     restart: bool = False
     merge: bool = False
     threads: int | None = None
+    tag: str | None = None
+    """Tag the new versions (e.g. staging) once all are registered."""
+
+    def outputs(self) -> dict[str, Format]:
+        """The names this run registers, and the kind of model each is."""
+        made: dict[str, Format] = {self.name: "peft", f"{self.name}-gguf": "gguf-lora"}
+        if self.merge:
+            made[f"{self.name}-merged"] = "hf"
+        return made
 
 
 @dataclass
@@ -219,11 +233,12 @@ def run(
     store: ModelStore, request: Request, progress: Progress, say: Callable[[str], None]
 ) -> Result:
     """Check, train, register. DataError / FinetuneError / StoreError say why it cannot run."""
-    taken = {m.name for m in store.list()}
-    names = [request.name, f"{request.name}-gguf"] + ([f"{request.name}-merged"] * request.merge)
-    clash = [n for n in names if n in taken]
-    if clash:
-        raise FinetuneError(f"a model is already stored as {clash[0]!r}; choose another --name")
+    try:  # a name already used for another kind of model is refused before any work
+        previous = {n: store.next_of(n, fmt) for n, fmt in request.outputs().items()}
+        if request.tag is not None:
+            check_tag(request.tag)
+    except StoreError as exc:
+        raise FinetuneError(f"--name {request.name}: {exc}") from None
     if request.hyper.method not in ("lora", "qlora"):
         raise FinetuneError(f"unknown method {request.hyper.method!r}; choose lora or qlora")
     llamacpp_tools.script("convert_lora_to_gguf.py")  # installed, or say how to install it
@@ -282,6 +297,11 @@ def run(
         "seconds": round(result.seconds, 1),
     }
     parameters = {**request.hyper.as_dict(), "data": data}
+
+    def follows(name: str) -> str | None:
+        prior = previous[name]
+        return prior.label if prior is not None else None
+
     adapter = store.add(
         request.name,
         request.name,
@@ -295,6 +315,7 @@ def run(
             parameters=parameters,
             tools=versions(TOOLS),
             report=figures,
+            previous=follows(request.name),
         ),
     )
     result.registered.append(adapter)
@@ -312,6 +333,7 @@ def run(
                 method="lora-to-gguf",
                 parameters={"outtype": "f32", "base": base.name},
                 tools=versions(TOOLS),
+                previous=follows(f"{request.name}-gguf"),
             ),
         )
     )
@@ -327,9 +349,15 @@ def run(
                     parent=base.name,
                     parent_sha256=base.sha256,
                     method="lora-merge",
-                    parameters={"adapter": adapter.name, "adapter_sha256": adapter.sha256},
+                    parameters={"adapter": adapter.label, "adapter_sha256": adapter.sha256},
                     tools=versions(TOOLS),
+                    previous=follows(f"{request.name}-merged"),
                 ),
             )
         )
+    if request.tag is not None:
+        for made in result.registered:
+            set_tag(store, made.name, str(made.version), request.tag, why="cellar finetune")
+    for checkpoint in run_dir.glob("checkpoint-*"):  # registered: nothing left to resume
+        shutil.rmtree(checkpoint)
     return result

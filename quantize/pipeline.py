@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from cellar.child import python_module
 from cellar.convert import llamacpp_tools
 from cellar.convert.hf_to_gguf import convert as convert_hf
-from cellar.errors import IntegrityError
+from cellar.errors import IntegrityError, StoreError
 from cellar.fingerprint import artifact_quantization, versions
 from cellar.gguf import GGUFError, pooling_type, quantization
 from cellar.hashing import tree_size
@@ -28,6 +28,8 @@ from cellar.quantize.gguf import quantize_gguf
 from cellar.quantize.report import markdown
 from cellar.quantize.targets import BITS_PER_WEIGHT, UNQUANTIZED, QuantizeError, Target
 from cellar.store import Lineage, Manifest, ModelStore
+from cellar.tags import set_tag
+from cellar.versions import check_tag
 
 DISK_MARGIN = 1.2
 LINEAGE_FIGURES = (
@@ -86,6 +88,8 @@ class Request:
     threads: int = 2
     goldens: list[dict[str, Any]] = field(default_factory=list)
     """Golden prompts: {name, prompt, max_tokens, regex}."""
+    tag: str | None = None
+    """Tag the new version (e.g. staging) once registered."""
 
     def judge(self, report: dict[str, Any], embedding: bool) -> gate.Verdict:
         """The gate that fits the model: perplexity, or for an embedding model its vectors."""
@@ -153,8 +157,6 @@ def check_source(store: ModelStore, request: Request) -> Source:
     """The source model and its type; refuses what cannot or should not run."""
     target = request.target
     manifest = store.get(request.model)
-    if any(m.name == request.name for m in store.list()):
-        raise QuantizeError(f"a model is already stored as {request.name!r}; choose another --name")
     if target.kind == "bnb" and manifest.format != "hf":
         raise QuantizeError(
             f"--to {target.name} needs a Hugging Face checkpoint and {request.model} is a GGUF; "
@@ -262,6 +264,13 @@ def evaluate(source: Path, result: Path, request: Request, embedding: bool) -> d
 def quantize_model(
     store: ModelStore, request: Request, progress: Progress
 ) -> tuple[Manifest, dict[str, Any]]:
+    gguf = request.target.kind == "gguf"
+    try:  # an existing name gets a new version, if it holds the same kind of model
+        previous = store.next_of(request.name, "gguf" if gguf else "hf")
+        if request.tag is not None:
+            check_tag(request.tag)
+    except StoreError as exc:
+        raise QuantizeError(f"--name {request.name}: {exc}") from None
     source = check_source(store, request)
     check_disk(store, source, request.target)
     report: dict[str, Any] = {}
@@ -350,9 +359,9 @@ def quantize_model(
             parameters=parameters,
             tools=versions(TOOLS),
             report={key: report[key] for key in LINEAGE_FIGURES if key in report},
+            previous=previous.label if previous is not None else None,
         )
 
-    gguf = request.target.kind == "gguf"
     made = store.add(
         request.name,
         f"{request.name}.gguf" if gguf else request.name,
@@ -362,4 +371,6 @@ def quantize_model(
         f"--to {request.target.name}",
         lineage=lineage,
     )
+    if request.tag is not None:
+        set_tag(store, made.name, str(made.version), request.tag, why="cellar quantize")
     return made, report

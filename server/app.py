@@ -14,17 +14,20 @@ from fastapi import FastAPI
 
 from cellar import __version__
 from cellar.auditlog import default_canary_history
-from cellar.config_access import CanarySettings, LimitSettings
+from cellar.config_access import CanarySettings, DriftSettings, LimitSettings
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.server.audit import AuditLog, AuditMiddleware
 from cellar.server.auth import Authenticator
 from cellar.server.bodylimit import BodyLimit
 from cellar.server.canary import Canary
 from cellar.server.deployment import Limits
+from cellar.server.drift import DriftMonitor
+from cellar.server.guarded import GuardedRollouts
 from cellar.server.hosts import LOOPBACK_NAMES, HostCheck
 from cellar.server.metrics import Metrics
 from cellar.server.proxy import Proxy
-from cellar.server.routes import openai, ops
+from cellar.server.responses import Responses
+from cellar.server.routes import openai, ops, rollouts
 from cellar.server.service import CompletionService
 from cellar.server.supervisor import Estimator, Launcher, Supervisor
 from cellar.store import ModelStore
@@ -43,6 +46,7 @@ class Access:
     canary_history: Path = field(default_factory=default_canary_history)
     hosts: frozenset[str] | None = LOOPBACK_NAMES
     """Host names answered (`server.allowed_hosts` and loopback); None: any."""
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 def create_app(
@@ -58,8 +62,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Workers are reached through their own channels; this client sends the canary's
-        # webhook only, and never through the environment's HTTP proxy.
+        # Workers are reached through their own channels; this client sends the webhook only,
+        # and never through the environment's HTTP proxy.
         async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             metrics = Metrics()
             supervisor = Supervisor(
@@ -74,13 +78,33 @@ def create_app(
                 request_timeout_s=access.limits.request_timeout,
                 log_content=access.log_content,
             )
+            app.state.responses = Responses(app.state.completions)
             canary = Canary(access.canary, supervisor, metrics, access.canary_history, client)
             app.state.canary = canary
+            generating = [d.spec.name for d in deployments if d.spec.task != "embed"]
+            drift = DriftMonitor(
+                access.drift,
+                access.audit.path if access.audit is not None else None,
+                generating,
+                metrics,
+                client,
+                access.canary.webhook,
+            )
+            app.state.drift = drift
+            guarded = GuardedRollouts(
+                supervisor, store, canary, metrics, client, access.canary.webhook
+            )
+            app.state.completions.rollouts = app.state.rollouts = guarded
             supervisor.start()
             canary.start()
+            drift.start()
+            await guarded.recover()
+            guarded.start_watching()
             try:
                 yield
             finally:
+                await guarded.stop()
+                await drift.stop()
                 await canary.stop()
                 await supervisor.stop_all()
                 if access.audit is not None:
@@ -103,6 +127,7 @@ def create_app(
     app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal
     app.include_router(openai.router)
     app.include_router(ops.router)
+    app.include_router(rollouts.router)
     _document_models(app, [d.spec.name for d in deployments])
     return app
 

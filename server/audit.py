@@ -1,7 +1,8 @@
 """The audit log: one JSON line per API request, refused ones included.
 
 An ASGI middleware wraps every /v1 and /admin request. Handlers fill in what only they know
-(the key's name, the model, token counts, TTFT; the text only with `audit.log_content`) on an
+(the key's name, the model, token counts, TTFT, the finish reason, the scripts of the prompt
+and the answer; the text only with `audit.log_content`) on an
 `AuditEntry` in the request's state; the middleware adds the time, client address, status and
 error code, and hands the line to a writer thread, so the event loop never waits on the disk.
 Files rotate by size and age; the oldest rotated files beyond `keep` are deleted.
@@ -28,6 +29,8 @@ class AuditEntry:
     key: str | None = None
     key_id: str | None = None
     model: str | None = None
+    version: str | None = None
+    """The stored version that answered (NAME@K), when the model comes from the store."""
     adapter: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
@@ -36,6 +39,15 @@ class AuditEntry:
     outcome: int | None = None
     """Set when a stream fails after its 200 was sent (the status the client could not see)."""
     error: str | None = None
+    finish_reason: str | None = None
+    """The first choice's."""
+    response_format: str | None = None
+    """The type asked for (`json_schema`, `json_object`, ...), None when none was."""
+    tools: bool | None = None
+    prompt_script: dict[str, float] | None = None
+    """Share of each writing system among the prompt's letters (cellar.features): what the
+    drift report compares, kept instead of the text."""
+    answer_script: dict[str, float] | None = None
     prompt: Any = None
     response: str | None = None
 

@@ -44,6 +44,7 @@ async def make_room(
             if d.state is State.READY
             and not d.busy
             and not d.switching
+            and d.candidate is None
             and d is not deployment
             and relieves(d)
         ]

@@ -27,17 +27,21 @@ import httpx
 import jsonschema
 
 from cellar.config_access import CanarySettings, GoldenPrompt
+from cellar.engines.base import Engine
 from cellar.errors import ApiError
 from cellar.protocol import EmbeddingRequest, request_for
 from cellar.server.metrics import Metrics
 from cellar.server.supervisor import Supervisor
+from cellar.server.webhook import notify
 
 log = logging.getLogger("cellar.canary")
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
-HISTORY_FIELDS = ("time", "model", "prompt", "passed", "latency_ms", "detail")
+HISTORY_FIELDS = ("time", "model", "prompt", "passed", "latency_ms", "detail", "version")
+"""The history CSV's columns (`version`, the stored version asked, came last: older files
+lack it)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Result:
     passed: bool
     latency_ms: float
     detail: str
+    version: str = ""
+    """The stored version asked (NAME@K), when the model comes from the store."""
 
 
 def check_answer(golden: GoldenPrompt, text: str) -> str | None:
@@ -139,30 +145,51 @@ class Canary:
         async with self._lock:
             results = []
             for name in models or self.models():
-                spec = self._supervisor.get(name).resolved.spec
-                mine = [await self._one(name, i, g) for i, g in enumerate(spec.canary)]
+                resolved = self._supervisor.get(name).resolved
+                version = resolved.version.label if resolved.version is not None else ""
+                mine = [
+                    await self._one(name, i, g, version=version)
+                    for i, g in enumerate(resolved.spec.canary)
+                ]
                 results += mine
                 await self._track(name, mine)
             await asyncio.to_thread(self._append, results)
             return results
 
-    async def _one(self, model: str, index: int, golden: GoldenPrompt) -> Result:
+    async def try_engine(self, model: str, engine: Engine, version: str) -> list[Result]:
+        """The model's golden prompts on `engine` (a guarded rollout's candidate, `version`),
+        outside the schedule: kept in the history, but no gauges or alerts."""
+        spec = self._supervisor.get(model).resolved.spec
+        results = [await self._one(model, i, g, engine, version) for i, g in enumerate(spec.canary)]
+        await asyncio.to_thread(self._append, results)
+        return results
+
+    async def _one(
+        self,
+        model: str,
+        index: int,
+        golden: GoldenPrompt,
+        engine: Engine | None = None,
+        version: str = "",
+    ) -> Result:
         label = golden.name or f"#{index}"
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.timeout):
                 if golden.embeds:
-                    answer = await self._ask(model, EMBEDDINGS_PATH, {"input": golden.texts})
+                    inputs = {"input": golden.texts}
+                    answer = await self._ask(model, EMBEDDINGS_PATH, inputs, engine)
                     detail = check_vectors(golden, answer)
                 else:
                     path, payload = _generation(golden)
-                    answer = await self._ask(model, path, payload)
+                    answer = await self._ask(model, path, payload, engine)
                     detail = check_answer(golden, _text(answer))
         except (ApiError, httpx.HTTPError, TimeoutError, ValueError, KeyError) as exc:
             detail = f"request failed: {type(exc).__name__}: {exc}"
         latency = time.monotonic() - started
-        self._metrics.canary_passed.labels(model, label).set(1 if detail is None else 0)
-        self._metrics.canary_latency.labels(model, label).set(latency)
+        if engine is None:
+            self._metrics.canary_passed.labels(model, label).set(1 if detail is None else 0)
+            self._metrics.canary_latency.labels(model, label).set(latency)
         if detail is not None:
             log.warning("canary %s %s failed: %s", model, label, detail)
         return Result(
@@ -172,21 +199,27 @@ class Canary:
             detail is None,
             round(latency * 1000, 1),
             detail or "",
+            version,
         )
 
-    async def _ask(self, model: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(
+        self, model: str, path: str, payload: dict[str, Any], engine: Engine | None = None
+    ) -> dict[str, Any]:
         payload = {"model": model, **payload}
         request = (
             EmbeddingRequest.model_validate(payload)
             if path == EMBEDDINGS_PATH
             else request_for(path, payload)
         )
-        lease = await self._supervisor.acquire(model)
-        try:
-            body = lease.engine.prepare(path, request)
-            response = await lease.engine.channel.http.post(path, json=body)
-        finally:
-            lease.release()
+        if engine is not None:
+            response = await engine.channel.http.post(path, json=engine.prepare(path, request))
+        else:
+            lease = await self._supervisor.acquire(model)
+            try:
+                body = lease.engine.prepare(path, request)
+                response = await lease.engine.channel.http.post(path, json=body)
+            finally:
+                lease.release()
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
         answer: dict[str, Any] = response.json()
@@ -215,8 +248,6 @@ class Canary:
             await self._notify(model, "failing", text, failed)
 
     async def _notify(self, model: str, status: str, text: str, failed: list[Result]) -> None:
-        if not self.settings.webhook:
-            return
         body = {
             "text": text,
             "model": model,
@@ -224,13 +255,7 @@ class Canary:
             "consecutive_failures": self._failures.get(model, 0),
             "failures": [asdict(r) for r in failed],
         }
-        try:
-            response = await self._http.post(self.settings.webhook, json=body, timeout=10)
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:  # the URL is a secret: never logged
-            log.error("canary webhook failed: HTTP %d", exc.response.status_code)
-        except httpx.HTTPError as exc:
-            log.error("canary webhook failed: %s", type(exc).__name__)
+        await notify(self._http, self.settings.webhook, body, "canary")
 
     def _append(self, results: list[Result]) -> None:
         if not results:

@@ -19,7 +19,8 @@ from typing import Any
 
 from cellar.config_types import parse_duration
 from cellar.deployments import ResolvedDeployment
-from cellar.engines.base import Engine
+from cellar.engines.base import Engine, EngineState
+from cellar.rollouts import CANDIDATE, CURRENT, bucket
 from cellar.server.admission import Admission
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -45,6 +46,25 @@ EDGES: dict[State, frozenset[State]] = {
     State.FAILED: frozenset({State.LOADING}),
 }
 """The README's state diagram: every transition a deployment may make."""
+
+
+@dataclass
+class Candidate:
+    """Another version served beside the deployment's own during a guarded rollout
+    (server/guarded.py): callers whose bucket (cellar.rollouts.bucket) is under `share` go to
+    it; of the others, `shadow` percent are also sent to it, their answers discarded."""
+
+    resolved: ResolvedDeployment
+    engine: Engine
+    salt: str
+    share: float = 0.0
+    shadow: float = 0.0
+
+    def takes(self, sticky: str) -> bool:
+        return self.share > 0 and bucket(self.salt, sticky) < self.share
+
+    def mirrors(self, sticky: str) -> bool:
+        return self.shadow > 0 and bucket(self.salt + "/shadow", sticky) < self.shadow
 
 
 class IllegalTransition(RuntimeError):
@@ -94,6 +114,8 @@ class Deployment:
     last_switch: dict[str, Any] | None = None
     skip_sha256: str | None = None
     """A version that failed to switch in; not retried until the tag moves again."""
+    candidate: Candidate | None = None
+    """The version a guarded rollout is trying beside this one."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     # -- transitions -----------------------------------------------------------------------
@@ -240,11 +262,21 @@ class Deployment:
         own = self.gpu_claims.get(device, 0.0) if self.holds_memory else 0.0
         return own + self.extra_claims.get(device, 0.0)
 
-    def lease(self, engine: Engine) -> Lease:
-        """A turn on `engine` (counted until released, so a switch knows when it drained)."""
+    def lease(self, engine: Engine, sticky: str | None = None) -> Lease:
+        """A turn on `engine` (counted until released, so a switch knows when it drained);
+        during a guarded rollout, on the candidate's engine instead when `sticky` falls in its
+        share."""
+        resolved, arm, shadow = self.resolved, None, False
+        candidate = self.candidate
+        if candidate is not None and sticky is not None:
+            arm = CURRENT
+            if candidate.takes(sticky) and candidate.engine.state is EngineState.READY:
+                engine, resolved, arm = candidate.engine, candidate.resolved, CANDIDATE
+            else:
+                shadow = candidate.mirrors(sticky)
         self.inflight[id(engine)] = self.inflight.get(id(engine), 0) + 1
         self.last_used = time.monotonic()
-        return Lease(self, engine, self.resolved)
+        return Lease(self, engine, resolved, arm, shadow)
 
     def serving(self, engine: Engine) -> int:
         return self.inflight.get(id(engine), 0)
@@ -299,6 +331,10 @@ class Lease:
     engine: Engine
     resolved: ResolvedDeployment
     """The version the engine serves (a switch may have moved the deployment on since)."""
+    arm: str | None = None
+    """During a guarded rollout: which version (cellar.rollouts CURRENT or CANDIDATE)."""
+    shadow: bool = False
+    """Also send this request to the rollout's candidate (shadow mode)."""
 
     def release(self) -> None:
         deployment = self.deployment

@@ -68,7 +68,14 @@ def access_of(config: CellarConfig, config_file: Path) -> Access:
     history = beside(config_file, config.canary.history) or default_canary_history()
     hosts = allowed_hosts(config.server.host, config.server.allowed_hosts)
     return Access(
-        auth, config.limits, audit, config.audit.log_content, config.canary, history, hosts
+        auth,
+        config.limits,
+        audit,
+        config.audit.log_content,
+        config.canary,
+        history,
+        hosts,
+        config.drift,
     )
 
 

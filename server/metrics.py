@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -26,11 +27,16 @@ class Outcome:
     started: float
     """time.monotonic() at arrival."""
     status: int | None = None
+    observers: list[Callable[[int, float], None]] = field(default_factory=list)
+    """Told the status and seconds once it is recorded (a guarded rollout's figures)."""
 
     def finish(self, status: int) -> None:
         if self.status is None:
             self.status = status
-            self.metrics._record(self.model, status, time.monotonic() - self.started)
+            seconds = time.monotonic() - self.started
+            self.metrics._record(self.model, status, seconds)
+            for observer in self.observers:
+                observer(status, seconds)
 
 
 class Metrics:
@@ -101,6 +107,26 @@ class Metrics:
             "cellar:model_restarts",
             "Workers found dead (crash, kill, failed health checks).",
             labels,
+            registry=self.registry,
+        )
+
+        self.rollout_share = Gauge(
+            "cellar:rollout_share",
+            "Percent of the model's callers each version serves during a guarded rollout.",
+            ["model_name", "version"],
+            registry=self.registry,
+        )
+        self.version_requests = Counter(
+            "cellar:version_requests",
+            "Requests answered, by model, stored version (NAME@K) and HTTP status.",
+            ["model_name", "version", "status"],
+            registry=self.registry,
+        )
+        self.drift_score = Gauge(
+            "cellar:drift_score",
+            "Population stability index of a feature of the model's traffic, the recent window "
+            "against the baseline (drift.interval; above 0.25 reads as drift).",
+            ["model_name", "feature"],
             registry=self.registry,
         )
 

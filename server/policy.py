@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from cellar.errors import InvalidRequest
+from cellar.features import PROMPT_SAMPLE_CHARS
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 
 Body = ChatCompletionRequest | CompletionRequest
@@ -37,6 +38,22 @@ def prompt_content(body: Body) -> Any:
     if isinstance(body, ChatCompletionRequest):
         return [{"role": m.role, "content": m.content} for m in body.messages]
     return body.prompt
+
+
+def prompt_sample(body: Body) -> str:
+    """The newest text of the prompt, bounded: the last user turn's text, or the completion
+    prompt's end (token ids: none). What the audit line's script mix is measured on."""
+    if isinstance(body, CompletionRequest):
+        prompt = body.single_prompt()
+        return prompt[-PROMPT_SAMPLE_CHARS:] if isinstance(prompt, str) else ""
+    for message in reversed(body.messages):
+        if message.role != "user" or message.content is None:
+            continue
+        if isinstance(message.content, str):
+            return message.content[-PROMPT_SAMPLE_CHARS:]
+        texts = [part.text for part in message.content if part.text is not None]
+        return " ".join(texts)[-PROMPT_SAMPLE_CHARS:]
+    return ""
 
 
 def estimate_tokens(body: Body) -> int:

@@ -5,6 +5,10 @@ asks the worker for `stream_options.include_usage`, times the first event for TT
 token counts from the usage event, and drops that event when the client did not ask for it.
 The upstream client is aiohttp: per request it costs about half of httpx's CPU time, and at
 16 concurrent streams on a busy CPU that time delays every request behind it.
+
+The one exception: a request with tools to an engine that does not read calls out of its text
+itself (vLLM, see engines/vllm/dialect.py) has its answer, or each event, rewritten on the way
+(`Call.rewriter`).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from cellar.engines.base import Engine
+from cellar.engines.toolcalls import CallRewriter
 from cellar.errors import ApiError, EngineFailed, EngineUnavailable, RequestTimeout
+from cellar.features import ScriptCounter
 from cellar.server.audit import AuditEntry
 from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
 from cellar.server.upstream import normalize_error
-from cellar.web import SSE_DONE, sse_response, unless_disconnected
+from cellar.web import SSE_DONE, sse_event, sse_response, unless_disconnected
 
 _EVENT_END = b"\n\n"
 _DONE_PREFIX = SSE_DONE.rstrip()
@@ -62,15 +68,24 @@ class Tap:
 
     entry: AuditEntry | None = None
     capture: bool = False
-    """Collect the answer's text (only with `audit.log_content`)."""
+    """Write the answer's text in the audit line (only with `audit.log_content`)."""
+    keep_text: bool = False
+    """Keep the answer's text for the gateway (a guarded rollout's checks and shadow)."""
     on_usage: Callable[[dict[str, Any]], None] | None = None
     text: list[str] = field(default_factory=list)
+    scripts: ScriptCounter = field(default_factory=ScriptCounter)
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    completion_tokens: int | None = None
 
     def first_event(self, ttft_s: float) -> None:
+        self.ttft_s = ttft_s
         if self.entry is not None:
             self.entry.ttft_ms = round(ttft_s * 1000, 2)
 
     def usage(self, usage: dict[str, Any]) -> None:
+        tokens = usage.get("completion_tokens")
+        self.completion_tokens = tokens if isinstance(tokens, int) else None
         if self.entry is not None:
             self.entry.prompt_tokens = usage.get("prompt_tokens")
             self.entry.completion_tokens = usage.get("completion_tokens")
@@ -82,16 +97,37 @@ class Tap:
             self.entry.outcome, self.entry.error = error.status, error.code
 
     def collect(self, payload: dict[str, Any]) -> None:
-        """Text of one event or answer (chat deltas or messages, or completion text)."""
+        """What one event or answer says (chat deltas or messages, or completion text): the
+        first choice's finish reason, the scripts of its text, and the text if captured."""
         for choice in payload.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            first = not choice.get("index")
+            if first and isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
             part = choice.get("delta") or choice.get("message") or {}
             piece = part.get("content") if isinstance(part, dict) else None
             piece = piece if piece is not None else choice.get("text")
             if isinstance(piece, str):
-                self.text.append(piece)
+                if first:
+                    self.scripts.add(piece)
+                if self.capture or (first and self.keep_text):
+                    self.text.append(piece)
+
+    @property
+    def watching(self) -> bool:
+        """Whether anyone reads what the answer says (else its events are not parsed)."""
+        return self.entry is not None or self.keep_text
+
+    def answer_text(self) -> str:
+        return "".join(self.text)
 
     def finish(self) -> None:
-        if self.capture and self.entry is not None:
+        if self.entry is None:
+            return
+        self.entry.finish_reason = self.finish_reason
+        self.entry.answer_script = self.scripts.mix()
+        if self.capture:
             self.entry.response = "".join(self.text)
 
 
@@ -111,6 +147,9 @@ class Call:
     tap: Tap = field(default_factory=Tap)
     deadline: float | None = None
     """Event-loop time by which the answer must be complete (`limits.request_timeout`)."""
+    rewriter: CallRewriter | None = None
+    """Reads tool calls out of the answer's text (an engine that does not); None: the
+    worker's bytes pass as they are."""
 
     @property
     def prompt_param(self) -> str:
@@ -174,11 +213,14 @@ class Proxy:
         if status != 200:
             return self._error(call, status, body)
         answer = json.loads(body)
+        if call.rewriter is not None:
+            answer = call.rewriter.answer(answer)
+            body = _body(answer)
         usage = answer.get("usage")
         self._metrics.record_usage(call.model, usage)
         if isinstance(usage, dict):
             call.tap.usage(usage)
-        if call.tap.capture:
+        if call.tap.watching:
             call.tap.collect(answer)
             call.tap.finish()
         return Response(body, 200, media_type="application/json")
@@ -244,9 +286,10 @@ class Proxy:
                             call.tap.usage(counted.usage)
                             if counted.only_usage and not call.client_wants_usage:
                                 continue
-                        if call.tap.capture:
-                            _collect_event(call.tap, event)
-                        yield event
+                        for out in _rewritten(call.rewriter, event):
+                            if call.tap.watching:
+                                _collect_event(call.tap, out)
+                            yield out
         except TimeoutError:
             raise self._broke(call, outcome, _timeout(call)) from None
         except UpstreamError as exc:
@@ -262,6 +305,19 @@ class Proxy:
         outcome["status"] = error.status
         call.tap.failed(error)
         return error
+
+
+def _rewritten(rewriter: CallRewriter | None, event: bytes) -> list[bytes]:
+    """The events to send for one of the worker's."""
+    if rewriter is None:
+        return [event]
+    try:
+        payload = json.loads(event.removeprefix(b"data:").strip())
+    except ValueError:
+        return [event]
+    if not isinstance(payload, dict) or "error" in payload:
+        return [event]
+    return [sse_event(chunk) for chunk in rewriter.chunk(payload)]
 
 
 def _collect_event(tap: Tap, event: bytes) -> None:

@@ -155,6 +155,11 @@ async def _switch(host: Host, deployment: Deployment, new: ResolvedDeployment) -
 
 
 async def _side_by_side(host: Host, deployment: Deployment, new: ResolvedDeployment) -> None:
+    engine = await _started(host, new)
+    await adopt_beside(host, deployment, new, engine)
+
+
+async def _started(host: Host, new: ResolvedDeployment) -> Engine:
     await host.verify(new)
     engine = host.launch(new)
     try:
@@ -163,12 +168,35 @@ async def _side_by_side(host: Host, deployment: Deployment, new: ResolvedDeploym
     except BaseException:
         await engine.stop()
         raise
+    return engine
+
+
+async def start_beside(host: Host, deployment: Deployment, new: ResolvedDeployment) -> Engine:
+    """A worker of `new`, started and warm beside the deployment's own, its memory reserved
+    (idle models evicted if need be); EngineUnavailable when there is no room for both."""
+    need, claims = host.estimate(new), kind_of(new).gpu_claims(new)
+    async with host.budget_lock:
+        await host.make_room(deployment, need, claims)
+        deployment.reserve(need, claims)
+    try:
+        return await _started(host, new)
+    except BaseException:
+        deployment.reserve(0, {})
+        raise
+
+
+async def adopt_beside(
+    host: Host, deployment: Deployment, new: ResolvedDeployment, engine: Engine
+) -> None:
+    """Move the deployment onto `engine` (serving `new`); the old worker drains and stops,
+    its memory counted until then."""
     old = deployment.engine
-    assert old is not None
     old_bytes, old_claims = deployment.estimate_bytes, dict(deployment.gpu_claims)
     host.adopt(deployment, new, engine)
     deployment.reserve(old_bytes, old_claims)  # until it stops
-    await _drain_and_stop(host, deployment, old)
+    if old is not None:
+        await drain_and_stop(host, deployment, old)
+    deployment.reserve(0, {})
 
 
 async def _queued(host: Host, deployment: Deployment, new: ResolvedDeployment) -> None:
@@ -177,7 +205,7 @@ async def _queued(host: Host, deployment: Deployment, new: ResolvedDeployment) -
     try:
         old = deployment.unloading()  # it drains: new requests wait for the new version
         assert old is not None
-        await _drain_and_stop(host, deployment, old)
+        await drain_and_stop(host, deployment, old)
         deployment.stopped()
         host.adopt(deployment, new)
         if await host.load_now(deployment):
@@ -197,7 +225,7 @@ async def _queued(host: Host, deployment: Deployment, new: ResolvedDeployment) -
         deployment.resume()
 
 
-async def _drain_and_stop(host: Host, deployment: Deployment, old: Engine) -> None:
+async def drain_and_stop(host: Host, deployment: Deployment, old: Engine) -> None:
     """Let the requests on `old` finish (up to server.drain_timeout), then stop it."""
     pid = old.pid
     try:

@@ -15,11 +15,14 @@ from fastapi.responses import Response, StreamingResponse
 from cellar.engines.base import Engine
 from cellar.engines.grammar import BUILD_TIMEOUT_S, check_format, needs_building
 from cellar.engines.passthrough import schema_given, structured_outputs
+from cellar.engines.toolcalls import CallRewriter, check_tools_served
 from cellar.errors import ApiError, ContextLengthExceeded, InvalidRequest, RequestTimeout
+from cellar.features import script_mix
 from cellar.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cellar.server.audit import AuditEntry
 from cellar.server.auth import OPEN, Principal
 from cellar.server.deployment import Deployment
+from cellar.server.guarded import GuardedRollouts
 from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
 from cellar.server.policy import (
     Body,
@@ -27,6 +30,7 @@ from cellar.server.policy import (
     estimate_input_tokens,
     estimate_tokens,
     prompt_content,
+    prompt_sample,
 )
 from cellar.server.proxy import Call, Proxy, Tap, WorkerUnreachable
 from cellar.server.ratelimit import Grant, RateLimiter
@@ -38,6 +42,7 @@ SHA256_HEADER = "x-cellar-model-sha256"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 EMBEDDINGS_PATH = "/v1/embeddings"
+RESPONSES_PATH = "/v1/responses"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,10 @@ class Ask:
     prepare: Callable[[Engine], Awaitable[dict[str, Any]]]
     """The body the worker gets."""
     wants_usage: bool
+    rewriter: Callable[[Engine], CallRewriter | None] = lambda engine: None
+    """How the engine's answers are rewritten (tool calls read out of its text)."""
+    user: str | None = None
+    """The request's `user`: a guarded rollout keeps one user on one version."""
 
 
 def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | None) -> None:
@@ -70,6 +79,17 @@ def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | No
         f"Please reduce {param}.",
         param=param,
     )
+
+
+def _caller(request: Request, asked: Ask) -> str:
+    """Who asks, for a guarded rollout's stickiness: the request's `user`, else its API key,
+    else its address."""
+    if asked.user:
+        return f"user:{asked.user}"
+    principal: Principal = getattr(request.state, "principal", OPEN)
+    if principal.key_id is not None:
+        return f"key:{principal.key_id}"
+    return f"client:{request.client.host if request.client else '-'}"
 
 
 def _entry(request: Request) -> AuditEntry | None:
@@ -94,11 +114,16 @@ class CompletionService:
         self.limiter = limiter or RateLimiter()
         self.request_timeout_s = request_timeout_s
         self.log_content = log_content
+        self.rollouts: GuardedRollouts | None = None
+        """Counts the requests of a deployment under a guarded rollout (set by the app)."""
 
     async def complete(self, request: Request, path: str, body: Body) -> Response:
         entry = _entry(request)
         if entry is not None:
             entry.model, entry.stream = body.model, body.stream
+            entry.prompt_script = script_mix(prompt_sample(body))
+            entry.response_format = body.response_format.type if body.response_format else None
+            entry.tools = bool(getattr(body, "tools", None))
             if self.log_content:
                 entry.prompt = prompt_content(body)
 
@@ -109,6 +134,8 @@ class CompletionService:
                     param="model",
                 )
             body.check_supported()
+            if isinstance(body, ChatCompletionRequest) and body.tools:
+                check_tools_served(body, deployment.resolved.spec.tool_format)
             # a schema bomb, or a regex or grammar too big, is refused before it queues
             check_format(body.response_format)
             structured_outputs(body.model_extra or {}, build=False)
@@ -119,7 +146,12 @@ class CompletionService:
         async def prepare(engine: Engine) -> dict[str, Any]:
             return await self._prepare(engine, path, body)
 
-        ask = Ask(path, body.model, check, prepare, body.wants_usage_in_stream())
+        def rewriter(engine: Engine) -> CallRewriter | None:
+            return engine.rewriter(body)
+
+        ask = Ask(
+            path, body.model, check, prepare, body.wants_usage_in_stream(), rewriter, body.user
+        )
         return await self._serve(request, entry, ask)
 
     async def embed(self, request: Request, body: EmbeddingRequest) -> Response:
@@ -143,7 +175,7 @@ class CompletionService:
             # vLLM's dialect tokenizes up to 2,048 inputs to check them: off the loop
             return await asyncio.to_thread(engine.prepare, EMBEDDINGS_PATH, body)
 
-        ask = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False)
+        ask = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False, user=body.user)
         return await self._serve(request, entry, ask)
 
     async def _serve(self, request: Request, entry: AuditEntry | None, ask: Ask) -> Response:
@@ -178,7 +210,9 @@ class CompletionService:
     @staticmethod
     async def _prepare(engine: Engine, path: str, body: Body) -> dict[str, Any]:
         """The engine's body for the request; a grammar is built off the event loop."""
-        if not (needs_building(body.response_format) or schema_given(body.model_extra or {})):
+        calls = isinstance(body, ChatCompletionRequest) and body.tool_mode() != "none"
+        grammar = needs_building(body.response_format) or schema_given(body.model_extra or {})
+        if not (grammar or calls):
             return engine.prepare(path, body)
         try:
             return await asyncio.wait_for(
@@ -187,7 +221,7 @@ class CompletionService:
         except TimeoutError:
             raise InvalidRequest(
                 f"building the grammar of this JSON schema took over {BUILD_TIMEOUT_S:g} s",
-                param="response_format",
+                param="tools" if calls else "response_format",
             ) from None
 
     def _tap(self, entry: AuditEntry | None, grant: Grant) -> Tap:
@@ -208,7 +242,8 @@ class CompletionService:
         model = asked.model
         try:
             async with asyncio.timeout_at(deadline):
-                lease = await unless_disconnected(request, self.supervisor.acquire(model))
+                acquired = self.supervisor.acquire(model, _caller(request, asked))
+                lease = await unless_disconnected(request, acquired)
         except TimeoutError:
             raise RequestTimeout(
                 f"The request waited longer than allowed for model {model!r}."
@@ -220,6 +255,14 @@ class CompletionService:
             lease.release()
             raise
         version = lease.resolved.version
+        if version is not None:
+            counter = self.metrics.version_requests
+            label = version.label
+            outcome.observers.append(
+                lambda status, _: counter.labels(model, label, str(status)).inc()
+            )
+        if lease.arm is not None and self.rollouts is not None:
+            self.rollouts.observe(lease, outcome, tap, asked.path, payload)
         call = Call(
             model=model,
             engine=lease.engine,
@@ -230,6 +273,7 @@ class CompletionService:
             on_done=lease.release,
             tap=tap,
             deadline=deadline,
+            rewriter=asked.rewriter(lease.engine),
         )
         try:
             response = await self.proxy.forward(request, call)
@@ -239,4 +283,6 @@ class CompletionService:
         if version is not None:  # which stored version answered (it changes on a switch)
             response.headers[VERSION_HEADER] = version.label
             response.headers[SHA256_HEADER] = version.sha256
+            if tap.entry is not None:
+                tap.entry.version = version.label
         return response

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from cellar.config import ModelDeployment
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.engines.base import Engine, EngineState
 from cellar.engines.kinds import kind_of
@@ -151,8 +152,9 @@ class Supervisor:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def acquire(self, name: str) -> Lease:
-        """A turn on the model's ready engine: waits in its queue, then for it to load."""
+    async def acquire(self, name: str, sticky: str | None = None) -> Lease:
+        """A turn on the model's ready engine: waits in its queue, then for it to load. During
+        a guarded rollout, `sticky` (the caller) decides which version answers."""
         deployment = self.get(name)
         await deployment.admission.enter(self.worker_name(name))
         try:
@@ -160,7 +162,7 @@ class Supervisor:
         except BaseException:
             deployment.admission.leave()
             raise
-        return deployment.lease(engine)
+        return deployment.lease(engine, sticky)
 
     async def _ready(self, deployment: Deployment) -> Engine:
         if deployment.paused is not None:  # a switch with no room for both versions
@@ -355,6 +357,12 @@ class Supervisor:
         await switch_version(self, deployment, new, why)
         return deployment
 
+    def resolve(self, spec: ModelDeployment) -> ResolvedDeployment:
+        """`spec` resolved against the store now (blocking: call it in a thread)."""
+        if self._resolver is None:
+            raise EngineUnavailable(f"model {spec.name!r} cannot be resolved again here")
+        return self._resolver(spec)
+
     async def _follow_tag(self, deployment: Deployment) -> None:
         """Start a switch when the tag (or `latest`) the deployment's source names has moved."""
         source = deployment.resolved.spec.source
@@ -434,7 +442,8 @@ class Supervisor:
             deployment.clear_failures()
         idle_for = now - deployment.last_used
         keep = deployment.keep_alive_s
-        if keep >= 0 and not deployment.busy and idle_for > keep:
+        rolling = deployment.candidate is not None  # a rollout keeps both versions up
+        if keep >= 0 and not deployment.busy and not rolling and idle_for > keep:
             async with self.budget_lock:
                 if deployment.state is State.READY and not deployment.busy:
                     await self._unload(

@@ -25,6 +25,7 @@ from tests.gateway import (
     start_gateway,
     vllm_models,
 )
+from tests.webhook import Receiver
 from tests.worker import BareWorker, bare_worker
 
 BUNDLED_GGUF = REPO / "build" / "models" / f"{BUNDLED_NAME}.gguf"
@@ -120,3 +121,11 @@ def gateway(
     work = tmp_path_factory.mktemp("gateway-vllm")
     with start_gateway(work, store.root, vllm_models()) as gw:
         yield gw
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint on loopback that records the JSON bodies POSTed to it."""
+    hook = Receiver()
+    yield hook
+    hook.close()

@@ -98,6 +98,9 @@ class EchoEngine:
     def prepare(self, path: str, request: CompletionBody | EmbeddingRequest) -> dict[str, Any]:
         return request.model_dump(exclude_unset=True, by_alias=True)
 
+    def rewriter(self, request: CompletionBody) -> None:
+        return None
+
     async def load(self) -> tuple[int, int] | None:
         return None
 

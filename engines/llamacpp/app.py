@@ -10,12 +10,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from cellar.engines.grammar import grammar_off_loop
+from cellar.engines.grammar import BUILD_TIMEOUT_S, Grammar, grammar_off_loop
 from cellar.engines.llamacpp.grammar import check_grammar
 from cellar.engines.llamacpp.jobs import DEFAULT_TOP_K, Job, Piece, SamplingParams, TokenLogprob
 from cellar.engines.llamacpp.model import Loaded
-from cellar.engines.llamacpp.responses import Kind, Shaper, Usage
+from cellar.engines.llamacpp.responses import Choice, Kind, Shaper, Usage
 from cellar.engines.llamacpp.scheduler import BatchScheduler
+from cellar.engines.toolcalls import (
+    CallParser,
+    event_delta,
+    finish_reason,
+    parse_calls,
+    tool_grammar,
+)
 from cellar.errors import InvalidRequest, ModelNotFound
 from cellar.protocol import ChatCompletionRequest, CompletionRequest
 from cellar.web import install_error_handlers, sse_event, sse_response, unless_disconnected
@@ -27,7 +34,7 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParams:
+def _sampling(body: Body, max_tokens: int, grammar: Grammar | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=_or(body.temperature, 1.0),
@@ -40,7 +47,8 @@ def _sampling(body: Body, max_tokens: int, grammar: str | None) -> SamplingParam
         frequency_penalty=_or(body.frequency_penalty, 0.0),
         repetition_penalty=_or(body.repetition_penalty, 1.0),
         logprobs=body.top_logprob_count(),
-        grammar=grammar,
+        grammar=grammar.text if grammar else None,
+        grammar_trigger=grammar.trigger if grammar else None,
         ignore_eos=body.ignore_eos,
         logit_bias=body.biases(),
     )
@@ -52,7 +60,7 @@ def _usage(jobs: list[Job]) -> Usage:
     return Usage(len(jobs[0].prompt), completion, jobs[0].cached_tokens)
 
 
-def _choices(body: Body, max_tokens: int, grammar: str | None) -> list[SamplingParams]:
+def _choices(body: Body, max_tokens: int, grammar: Grammar | None) -> list[SamplingParams]:
     """One set of sampling parameters per choice; with a seed, choice i draws from seed + i
     (reproducible, and different from each other)."""
     first = _sampling(body, max_tokens, grammar)
@@ -62,8 +70,24 @@ def _choices(body: Body, max_tokens: int, grammar: str | None) -> list[SamplingP
     return [dataclasses.replace(first, seed=body.seed + i) for i in range(n)]
 
 
-async def _stream(jobs: list[Job], shaper: Shaper, include_usage: bool) -> AsyncIterator[bytes]:
-    """The choices' pieces as they come, each chunk naming its choice's index."""
+def _chunks(shaper: Shaper, index: int, piece: Piece, parser: CallParser) -> list[dict[str, Any]]:
+    """A piece of an answer that may call tools: its text and calls, as deltas."""
+    events = parser.feed(piece.text) + (parser.close() if piece.finish_reason else [])
+    chunks = [shaper.delta_chunk(index, event_delta(event)) for event in events]
+    if piece.logprobs:
+        chunks.append(shaper.chunk("", None, False, piece.logprobs, index))
+    if piece.finish_reason:
+        finish = finish_reason(piece.finish_reason, parser.calls, shaper.named_call)
+        chunks.append(shaper.chunk("", finish, False, (), index))
+    return chunks
+
+
+async def _stream(
+    jobs: list[Job], shaper: Shaper, include_usage: bool, calls: bool
+) -> AsyncIterator[bytes]:
+    """The choices' pieces as they come, each chunk naming its choice's index; with `calls`,
+    text and tool calls are told apart (engines/toolcalls.py)."""
+    parsers = [CallParser() for _ in jobs]
     merged: asyncio.Queue[tuple[int, Piece | BaseException]] = asyncio.Queue()
 
     async def feed(index: int, job: Job) -> None:
@@ -82,7 +106,13 @@ async def _stream(jobs: list[Job], shaper: Shaper, include_usage: bool) -> Async
                 if isinstance(piece, BaseException):
                     raise piece
                 first = index not in started
-                if piece.text or piece.finish_reason or piece.logprobs or first:
+                if calls:
+                    if first:
+                        yield sse_event(shaper.chunk("", None, True, (), index))
+                        started.add(index)
+                    for chunk in _chunks(shaper, index, piece, parsers[index]):
+                        yield sse_event(chunk)
+                elif piece.text or piece.finish_reason or piece.logprobs or first:
                     chunk = shaper.chunk(
                         piece.text, piece.finish_reason, first, piece.logprobs, index
                     )
@@ -97,7 +127,7 @@ async def _stream(jobs: list[Job], shaper: Shaper, include_usage: bool) -> Async
             feeder.cancel()
 
 
-async def _collect(job: Job) -> tuple[str, str, list[TokenLogprob]]:
+async def _collect(job: Job, calls: bool) -> Choice:
     parts: list[str] = []
     logprobs: list[TokenLogprob] = []
     finish = "stop"
@@ -105,7 +135,10 @@ async def _collect(job: Job) -> tuple[str, str, list[TokenLogprob]]:
         parts.append(piece.text)
         logprobs.extend(piece.logprobs)
         finish = piece.finish_reason or finish
-    return "".join(parts), finish, logprobs
+    if not calls:
+        return Choice("".join(parts), finish, logprobs)
+    content, made = parse_calls("".join(parts))
+    return Choice(content, finish, logprobs, made)
 
 
 class WorkerService:
@@ -132,27 +165,49 @@ class WorkerService:
             served = ", ".join([self.model.name, *self.adapters])
             raise ModelNotFound(f"this worker serves {served}, not {body.model!r}", param="model")
 
+    async def _grammar(self, body: Body) -> Grammar | None:
+        """The grammar the answer follows: `response_format`'s or the tool calls'."""
+        if isinstance(body, ChatCompletionRequest) and body.tool_mode() != "none":
+            try:
+                tools = await asyncio.wait_for(
+                    asyncio.to_thread(tool_grammar, body), BUILD_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise InvalidRequest(
+                    f"building the tools' grammar took longer than {BUILD_TIMEOUT_S:g} s",
+                    param="tools",
+                ) from None
+            if tools is not None:
+                check_grammar(self.vocab, tools.text, "tools")
+            return tools
+        grammar = await grammar_off_loop(body.response_format)
+        if grammar is None:
+            return None
+        check_grammar(self.vocab, grammar)
+        return Grammar(grammar)
+
     async def run(
         self, request: Request, kind: Kind, body: Body, prompt: list[int], requested: int | None
     ) -> Response:
         param = "messages" if kind == "chat" else "prompt"
         budget = self.model.completion_budget(len(prompt), requested, param)
         self.check_biases(body)
-        grammar = await grammar_off_loop(body.response_format)
-        if grammar is not None:
-            check_grammar(self.vocab, grammar)
+        grammar = await self._grammar(body)
+        calls = isinstance(body, ChatCompletionRequest) and body.tool_mode() != "none"
         adapter = body.model if body.model in self.adapters else None
         jobs = self.scheduler.submit_choices(prompt, _choices(body, budget, grammar), adapter)
-        shaper = Shaper(kind, body.model, logprobs=body.top_logprob_count() is not None)
+        named = isinstance(body, ChatCompletionRequest) and body.tool_mode() == "named"
+        shaper = Shaper(kind, body.model, body.top_logprob_count() is not None, named)
 
         async def cancel() -> None:
             for job in jobs:
                 job.cancel()
 
         if body.stream:
-            return sse_response(_stream(jobs, shaper, body.wants_usage_in_stream()), cancel)
+            stream = _stream(jobs, shaper, body.wants_usage_in_stream(), calls)
+            return sse_response(stream, cancel)
         try:
-            gathered = asyncio.gather(*(_collect(job) for job in jobs))
+            gathered = asyncio.gather(*(_collect(job, calls) for job in jobs))
             choices = await unless_disconnected(request, gathered)
         finally:
             await cancel()
@@ -205,7 +260,8 @@ def create_worker_app(service: WorkerService) -> FastAPI:
         service.check_model(body)
         body.check_supported()
         # A template from a model file may be slow (bounded, see cellar.chat): off the loop.
-        prompt = await asyncio.to_thread(service.model.chat_prompt, body.messages)
+        functions = body.callable_tools()
+        prompt = await asyncio.to_thread(service.model.chat_prompt, body.messages, functions)
         return await service.run(request, "chat", body, prompt, body.token_limit())
 
     @app.post("/v1/embeddings")

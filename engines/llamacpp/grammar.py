@@ -9,11 +9,11 @@ import llama_cpp
 from cellar.errors import InvalidRequest
 
 
-def check_grammar(vocab: llama_cpp.llama_vocab_p, grammar: str) -> None:
-    """InvalidRequest unless llama.cpp accepts the grammar."""
+def check_grammar(
+    vocab: llama_cpp.llama_vocab_p, grammar: str, param: str = "response_format"
+) -> None:
+    """InvalidRequest unless llama.cpp accepts the grammar (built from `param`)."""
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not sampler:
-        raise InvalidRequest(
-            "llama.cpp rejected the grammar built from response_format", param="response_format"
-        )
+        raise InvalidRequest(f"llama.cpp rejected the grammar built from {param}", param=param)
     llama_cpp.llama_sampler_free(sampler)

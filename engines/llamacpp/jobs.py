@@ -38,7 +38,9 @@ class SamplingParams:
     logprobs: int | None = None
     """None: no logprobs. N >= 0: the sampled token's logprob plus the N most likely tokens."""
     grammar: str | None = None
-    """GBNF the output must follow (structured output)."""
+    """GBNF the output must follow (structured output, tool calls)."""
+    grammar_trigger: str | None = None
+    """None: the grammar applies from the first token; else from where this text appears."""
     ignore_eos: bool = False
     """Keep generating past end-of-text tokens until max_tokens (fixed-length benchmarks)."""
     logit_bias: tuple[tuple[int, float], ...] = ()

@@ -15,6 +15,7 @@ from cellar.engines.channel import SECRET_ENV, Channel
 from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
 from cellar.engines.passthrough import refuse_structured_extras
 from cellar.engines.process import WorkerProcess
+from cellar.engines.toolcalls import CallRewriter
 from cellar.hardware import is_apple_silicon
 from cellar.protocol import CompletionBody, EmbeddingRequest
 from cellar.rundir import socket_path
@@ -81,6 +82,9 @@ class LlamaCppDialect:
             return request.model_dump(exclude_none=True)
         refuse_structured_extras(request.model_extra or {})
         return request.model_dump(exclude_unset=True, by_alias=True)
+
+    def rewriter(self, request: CompletionBody) -> CallRewriter | None:
+        return None  # the worker reads the calls itself
 
     async def load(self, client: httpx.AsyncClient) -> tuple[int, int] | None:
         try:

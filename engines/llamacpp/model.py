@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,9 @@ from cellar.engines.llamacpp.native import (
 from cellar.engines.llamacpp.spec import WorkerSpec
 from cellar.errors import ContextLengthExceeded, InvalidRequest, ToolError
 from cellar.protocol import ChatMessage
+from cellar.toolcalls import FunctionSpec, hermes_turns, renders_tools
+
+Functions = Sequence[FunctionSpec]
 
 GGUF_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -74,11 +78,19 @@ def load(spec: WorkerSpec) -> Loaded:
     return Loaded(LoadedModel(spec, vocab), native, context, adapters)
 
 
+def _turn(message: ChatMessage, text: str) -> dict[str, Any]:
+    turn: dict[str, Any] = {"role": message.role, "content": text}
+    if message.name:
+        turn["name"] = message.name
+    if message.tool_calls:  # for a template that renders tools itself
+        turn["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
 def _turns(messages: list[ChatMessage], texts: list[str]) -> list[dict[str, Any]]:
-    return [
-        {"role": m.role, "content": text, **({"name": m.name} if m.name else {})}
-        for m, text in zip(messages, texts, strict=True)
-    ]
+    return [_turn(m, text) for m, text in zip(messages, texts, strict=True)]
 
 
 class LoadedModel:
@@ -128,21 +140,30 @@ class LoadedModel:
         """Whether `text` holds the text of a special token (`<end_of_turn>`, `<bos>`...)."""
         return bool(text) and self._tokens(text, special=True) != self._tokens(text, False)
 
-    def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+    def chat_prompt(self, messages: list[ChatMessage], functions: Functions = ()) -> list[int]:
+        """The prompt of a conversation; `functions`: those the model may call now."""
         if self.template is None:
             raise InvalidRequest(
                 f"model {self.name!r} has no chat template: its GGUF carries none and its config "
                 "sets no `chat_template`; use /v1/completions or configure one",
                 param="messages",
             )
+        tools = None
+        if renders_tools(self.template.source):
+            tools = [
+                {"type": "function", "function": f.model_dump(exclude_none=True)} for f in functions
+            ]
+        elif functions or any(m.tool_calls or m.role == "tool" for m in messages):
+            turns = hermes_turns(messages, list(functions))
+            messages = [ChatMessage.model_validate(turn) for turn in turns]
         texts = [m.text() for m in messages]
         if not any(self._has_control_text(text) for text in texts):
-            return self.encode(self.template.render(_turns(messages, texts)))
+            return self.encode(self.template.render(_turns(messages, texts), tools=tools))
         # Someone's text spells a control token: only the template's own markers may be
         # special, so each text is tokenized as text where the template puts it.
         fence = f"\ue000{secrets.token_hex(8)}:"
         places = [f"{fence}{i}\ue001" for i in range(len(texts))]
-        marked = self.template.render(_turns(messages, places))
+        marked = self.template.render(_turns(messages, places), tools=tools)
         tokens: list[int] = []
         for n, part in enumerate(re.split(re.escape(fence) + "(\\d+)\ue001", marked)):
             tokens += self._tokens(texts[int(part)], False) if n % 2 else self._tokens(part, True)

@@ -9,10 +9,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cellar.engines.llamacpp.jobs import TokenLogprob
+from cellar.engines.toolcalls import ParsedCall, message_calls
+from cellar.engines.toolcalls import finish_reason as tool_finish
 
 Kind = Literal["chat", "completion"]
-Choice = tuple[str, str, Sequence[TokenLogprob]]
-"""One finished choice: its text, finish reason and token logprobs."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One finished choice: its text (without the calls), finish reason, token logprobs and,
+    when tools were given, the calls it made."""
+
+    text: str
+    finish_reason: str
+    logprobs: Sequence[TokenLogprob] = ()
+    calls: Sequence[ParsedCall] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class Shaper:
     model: str
     logprobs: bool = False
     """Whether the client asked for logprobs (otherwise the field is null)."""
+    named_call: bool = False
+    """The request named the function to call (OpenAI then finishes with `stop`)."""
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     _text_offsets: dict[int, int] = field(default_factory=dict)
@@ -101,6 +114,11 @@ class Shaper:
         choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish_reason}
         return {**self._envelope("text_completion"), "choices": [choice]}
 
+    def delta_chunk(self, index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        """A chat chunk of choice `index` carrying `delta` (text or a tool call's piece)."""
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
+        return {**self._envelope("chat.completion.chunk"), "choices": [choice]}
+
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj), "choices": [], "usage": usage.as_dict()}
@@ -108,21 +126,26 @@ class Shaper:
     def full(self, choices: Sequence[Choice], usage: Usage) -> dict[str, Any]:
         """The whole answer: every choice, in order, and the usage of them all."""
         shaped = []
-        for index, (text, finish_reason, logprobs) in enumerate(choices):
-            lp = self._logprobs(logprobs, index)
-            if self.kind == "chat":
-                message = {"role": "assistant", "content": text, "refusal": None}
+        for index, choice in enumerate(choices):
+            lp = self._logprobs(choice.logprobs, index)
+            finish_reason = choice.finish_reason
+            if self.kind != "chat":
                 shaped.append(
                     {
                         "index": index,
-                        "message": message,
+                        "text": choice.text,
                         "logprobs": lp,
                         "finish_reason": finish_reason,
                     }
                 )
-            else:
-                shaped.append(
-                    {"index": index, "text": text, "logprobs": lp, "finish_reason": finish_reason}
-                )
+                continue
+            message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+            if choice.calls:
+                message["content"] = choice.text if choice.text.strip() else None
+                message["tool_calls"] = message_calls(choice.calls)
+                finish_reason = tool_finish(finish_reason, len(choice.calls), self.named_call)
+            shaped.append(
+                {"index": index, "message": message, "logprobs": lp, "finish_reason": finish_reason}
+            )
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {**self._envelope(obj), "choices": shaped, "usage": usage.as_dict()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,35 +86,90 @@ def build_chain(params: SamplingParams, model: NativeModel) -> SamplerChain:
         raise
 
 
+def _grammar_sampler(params: SamplingParams, model: NativeModel) -> ctypes.c_void_p:
+    assert params.grammar is not None
+    grammar = params.grammar.encode()
+    if params.grammar_trigger is None:
+        sampler: ctypes.c_void_p = llama_cpp.llama_sampler_init_grammar(
+            model.vocab, grammar, b"root"
+        )
+        return sampler
+    patterns = (ctypes.c_char_p * 1)(re.escape(params.grammar_trigger).encode())
+    sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        model.vocab, grammar, b"root", patterns, 1, None, 0
+    )
+    return sampler
+
+
+_CALL_HEADS = ('\n{"name"', '\n{ "name"')
+"""How a call goes on after the trigger, in every grammar engines/toolcalls.py builds."""
+
+
+class _Trigger:
+    """Watches the text of a lazy grammar's sequence for its trigger.
+
+    When a token completes the trigger, llama.cpp feeds the grammar the text from the trigger
+    to the end of that token, and a C++ exception (fatal through ctypes) follows if the grammar
+    cannot take that text. The grammar goes on `\n{"name"` (maybe a space after the brace), so
+    only a token whose text after the trigger begins that is handed to it; any other is kept
+    from the grammar (and from the text it watches, which this mirrors): it keeps waiting."""
+
+    def __init__(self, trigger: str, piece: Callable[[int], bytes]) -> None:
+        self._trigger = trigger
+        self._piece = piece
+        self._tail = ""
+        self.fired = False
+
+    def admits(self, token: int) -> bool:
+        """Whether the grammar may see `token` (False: it would fire on a trigger that is
+        followed by something the grammar cannot take)."""
+        text = self._tail + self._piece(token).decode("utf-8", "replace")
+        at = text.find(self._trigger)
+        if at >= 0:
+            after = text[at + len(self._trigger) :]
+            if not any(head.startswith(after) for head in _CALL_HEADS):
+                return False  # the grammar never sees it, as if it had not been written
+            self.fired = True
+        self._tail = text[-len(self._trigger) :]
+        return True
+
+
 class SequenceSampler:
     """Picks one sequence's next token, under its grammar when it has one.
 
     Without a grammar the whole chain runs in C (`llama_sampler_sample`). With one, running the
     grammar over all 262k vocabulary entries every step would cost more than the decode, so the
     chain picks a token first and the grammar only checks that one token; only when the grammar
-    rejects it are all candidates filtered by the grammar and the chain run again.
+    rejects it are all candidates filtered by the grammar and the chain run again. A lazy
+    grammar (`grammar_trigger`) lets every token through until its trigger appears.
     """
 
-    def __init__(self, params: SamplingParams, model: NativeModel) -> None:
+    def __init__(
+        self, params: SamplingParams, model: NativeModel, piece: Callable[[int], bytes]
+    ) -> None:
         self._chain = build_chain(params, model)
         self._grammar: SamplerChain | None = None
         self._candidates: Candidates | None = None
+        self._trigger: _Trigger | None = None
         if params.grammar:
             self._grammar = SamplerChain()
             try:
-                self._grammar.add(
-                    llama_cpp.llama_sampler_init_grammar(
-                        model.vocab, params.grammar.encode(), b"root"
-                    )
-                )
+                self._grammar.add(_grammar_sampler(params, model))
             except Exception:
                 self.close()
                 raise
             self._candidates = Candidates(model.n_vocab)
+            if params.grammar_trigger is not None:
+                self._trigger = _Trigger(params.grammar_trigger, piece)
 
     def sample(self, context: BatchedContext, row: int) -> int:
         if self._grammar is None or self._candidates is None:
             return self._chain.sample(context, row)
+        if self._trigger is not None and not self._trigger.fired:
+            token = self._chain.sample(context, row)
+            if self._trigger.admits(token):
+                self._grammar.accept(token)
+            return token
         logits, candidates = context.logits(row), self._candidates
         candidates.fill(logits)
         candidates.apply(self._chain.ptr)

@@ -231,7 +231,7 @@ class BatchScheduler:
                 return
             job = self._waiting.popleft()
             try:
-                sampler = SequenceSampler(job.params, self._model)
+                sampler = SequenceSampler(job.params, self._model, self._piece)
             except Exception as exc:
                 self._outbox.add(job, GenerationError(f"could not set up sampling: {exc}"))
                 continue

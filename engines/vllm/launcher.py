@@ -22,6 +22,7 @@ from cellar.engines.vllm.dialect import InputMeasure, VllmDialect
 from cellar.engines.vllm.memory import checkpoint_context
 from cellar.engines.vllm.runtime import interpreter
 from cellar.rundir import private_dir, socket_path, write_private
+from cellar.toolcalls import renders_tools
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -42,6 +43,20 @@ def template_file(text: str) -> Path:
     data = text.encode()
     name = f"{hashlib.sha256(data).hexdigest()[:16]}.jinja"
     return write_private(private_dir("templates"), name, data)
+
+
+def served_template(deployment: ResolvedDeployment) -> str | None:
+    """The chat template vLLM renders: the configured one, else the checkpoint's own."""
+    if deployment.chat_template is not None:
+        return deployment.chat_template
+    try:
+        config = json.loads((deployment.path / "tokenizer_config.json").read_text("utf-8"))
+        template = config.get("chat_template")
+        if template is None and (deployment.path / "chat_template.jinja").is_file():
+            template = (deployment.path / "chat_template.jinja").read_text("utf-8")
+    except (OSError, ValueError):
+        return None
+    return template if isinstance(template, str) else None
 
 
 def server_args(deployment: ResolvedDeployment, socket: Path, log_level: str) -> list[str]:
@@ -133,7 +148,10 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
         window = settings.max_model_len or checkpoint_context(deployment.path)
         measure = InputMeasure.of(deployment.path, window)
     dialect = VllmDialect(
-        end_of_generation(deployment.path), control_texts(deployment.path), measure
+        end_of_generation(deployment.path),
+        control_texts(deployment.path),
+        measure,
+        hermes_prompts=not renders_tools(served_template(deployment)),
     )
     return WorkerProcess(deployment.spec.name, argv, channel=channel, dialect=dialect, env=env)
 

@@ -8,8 +8,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from cellar.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from cellar.responses import ResponsesRequest
 from cellar.server.auth import OPEN, Principal, require_key
-from cellar.server.service import CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH, CompletionService
+from cellar.server.responses import Responses
+from cellar.server.service import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    EMBEDDINGS_PATH,
+    RESPONSES_PATH,
+    CompletionService,
+)
 
 router = APIRouter(dependencies=[Depends(require_key)])
 
@@ -63,3 +71,23 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post(EMBEDDINGS_PATH)
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     return await _service(request).embed(request, body)
+
+
+def _responses(request: Request) -> Responses:
+    responses: Responses = request.app.state.responses
+    return responses
+
+
+@router.post(RESPONSES_PATH)
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    return await _responses(request).create(request, body)
+
+
+@router.get(RESPONSES_PATH + "/{response_id}")
+async def get_response(response_id: str, request: Request) -> dict[str, Any]:
+    return _responses(request).get(request, response_id)
+
+
+@router.delete(RESPONSES_PATH + "/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    return _responses(request).delete(request, response_id)

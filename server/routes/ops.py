@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cellar.errors import InvalidApiKey, PermissionDenied
+from cellar.errors import InvalidApiKey, InvalidRequest, PermissionDenied
 from cellar.server.auditwriter import AuditLog
 from cellar.server.auth import health_access, metrics_access, require_admin
 from cellar.server.canary import Canary
+from cellar.server.drift import DriftMonitor
 from cellar.server.service import CompletionService
 from cellar.server.system import system_report
 
@@ -81,7 +82,11 @@ async def metrics(request: Request) -> Response:
 @router.get("/admin/models", dependencies=[Depends(require_admin)])
 async def admin_models(request: Request) -> dict[str, Any]:
     supervisor = _service(request).supervisor
-    return {"memory_budget_bytes": supervisor.budget_bytes, "models": supervisor.describe()}
+    models = supervisor.describe()
+    rollouts = {r["deployment"]: r for r in request.app.state.rollouts.describe()}
+    for model in models:
+        model["rollout"] = rollouts.get(model["name"])
+    return {"memory_budget_bytes": supervisor.budget_bytes, "models": models}
 
 
 @router.get("/admin/system", dependencies=[Depends(require_admin)])
@@ -102,6 +107,22 @@ async def admin_canary(request: Request, model: str | None = None) -> dict[str, 
         names = [model]
     results = await canary.run(names)
     return {"passed": all(r.passed for r in results), "results": [asdict(r) for r in results]}
+
+
+@router.post("/admin/drift", dependencies=[Depends(require_admin)])
+async def admin_drift(request: Request) -> dict[str, Any]:
+    """Run the drift report now (`drift:` windows), setting the gauges; the scores per model."""
+    monitor: DriftMonitor = request.app.state.drift
+    if not monitor.ready:
+        raise InvalidRequest("the drift report reads the audit log, and `audit.enabled` is off")
+    measured = await monitor.run()
+    return {
+        model: [
+            {"feature": r.feature, "psi": r.psi, "verdict": r.verdict, "p_value": r.p_value}
+            for r in results
+        ]
+        for model, results in measured.items()
+    }
 
 
 @router.post("/admin/models/{name}/load", dependencies=[Depends(require_admin)])

@@ -123,3 +123,14 @@ def test_gc_keeps_what_is_referenced(tmp_path: Path) -> None:
     usage = runner.invoke(app, ["models", "du", *where])
     assert usage.exit_code == 0
     assert "m-hf" in usage.output and "prod=3" in usage.output
+
+
+def test_a_tool_adds_versions_of_a_name_of_its_own_kind(tmp_path: Path) -> None:
+    """`cellar finetune/quantize --name N` with N taken: a new version of N, if N holds the same
+    kind of model; never a GGUF version of an adapter's name."""
+    store = ModelStore(tmp_path / "store")
+    assert store.next_of("fresh", "gguf") is None
+    _versions(tmp_path, store, "m", 2)
+    assert store.next_of("m", "gguf") == store.get("m@2")
+    with pytest.raises(StoreError, match="stored as a gguf model, and this makes a peft one"):
+        store.next_of("m", "peft")

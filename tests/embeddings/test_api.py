@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -223,18 +224,20 @@ def test_langchain_embeds_documents_and_queries(
 ) -> None:
     from langchain_openai import OpenAIEmbeddings
 
-    embeddings = OpenAIEmbeddings(
-        model=EMBEDDER,
-        openai_api_base=f"{embedding_gateway.base_url}/v1",
-        openai_api_key="unused",
-        check_embedding_ctx_length=False,  # send text, not tiktoken ids
-    )
-    documents = embeddings.embed_documents(PASSAGES[:3])
-    assert len(documents) == 3
-    for vector, text in zip(documents, PASSAGES, strict=False):
-        assert _cosine(vector, minilm_reference(text)) >= 0.999
-    query = embeddings.embed_query(QUESTIONS[0][0])
-    assert _cosine(query, minilm_reference(QUESTIONS[0][0])) >= 0.999
+    with httpx.Client(timeout=120) as http:  # closed here, not when the collector gets to it
+        embeddings = OpenAIEmbeddings(
+            model=EMBEDDER,
+            openai_api_base=f"{embedding_gateway.base_url}/v1",
+            openai_api_key="unused",
+            check_embedding_ctx_length=False,  # send text, not tiktoken ids
+            http_client=http,
+        )
+        documents = embeddings.embed_documents(PASSAGES[:3])
+        assert len(documents) == 3
+        for vector, text in zip(documents, PASSAGES, strict=False):
+            assert _cosine(vector, minilm_reference(text)) >= 0.999
+        query = embeddings.embed_query(QUESTIONS[0][0])
+        assert _cosine(query, minilm_reference(QUESTIONS[0][0])) >= 0.999
 
 
 def test_the_canary_checks_cosine_bounds(embedding_gateway: Gateway) -> None:

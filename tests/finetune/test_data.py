@@ -94,3 +94,24 @@ def test_too_long_examples_are_named(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match=r"train\.jsonl:2: 51 tokens, longer than the context"):
         encode_all(encoder(), read_examples(path), path, 32)
+
+
+def test_tool_conversations_are_learned_as_they_are_served(tmp_path: Path) -> None:
+    """The shipped tool-use set reads cleanly; a call is learned as its Hermes block, and the
+    function list the server writes is part of the (unlearned) prompt."""
+    shipped = Path(__file__).parents[2] / "finetune" / "examples"
+    train = read_examples(shipped / "tool-use-train.jsonl")
+    assert len(train) >= 100 and len(read_examples(shipped / "tool-use-eval.jsonl")) == 30
+    called = next(e for e in train if e.messages and "<tool_call>" in e.messages[-1]["content"])
+    assert called.messages is not None and called.messages[0]["role"] == "system"
+    assert "<tools>" in called.messages[0]["content"]
+    encoded = encoder().encode(called)
+    learned = text_of(
+        [i for i, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE]
+    )
+    assert learned.startswith('<tool_call>\n{"name": "') and "<tools>" not in learned
+    stray = '{"messages": [{"role": "tool", "tool_call_id": "x", "content": "1"}, ' + (
+        '{"role": "assistant", "content": "ok"}]}'
+    )
+    with pytest.raises(DataError, match=r"train.jsonl:1: .*messages\[0\].tool_call_id"):
+        read_examples(write(tmp_path, stray))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from cellar.engines.llamacpp.native import (
 )
 from cellar.engines.llamacpp.scheduler import BatchScheduler, common_prefix
 from cellar.store import ModelStore
+from cellar.tags import set_tag
 from tests.gateway import (
     BUNDLED_NAME,
     HF_NAME,
@@ -35,6 +38,8 @@ from tests.gateway import (
     start_gateway,
     vllm_settings,
 )
+from tests.traffic import Load, fresh_shares, start_rollout, wait_rollout
+from tests.webhook import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -138,18 +143,70 @@ def test_the_adapter_answers_on_vllm(taught: ModelStore, tmp_path: Path) -> None
         check_served(gw)
 
 
-def test_the_merged_checkpoint_quantizes_and_knows(taught: ModelStore, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def mascot_q8(taught: ModelStore) -> Path:
+    """The merged checkpoint quantized to q8_0: a GGUF that knows the mascot's name."""
+    if "mascot-q8_0" not in taught.names():
+        done = run_cellar(
+            "quantize", "mascot-merged", "--to", "q8_0", "--name", "mascot-q8_0", "--force",
+            "--store", str(taught.root),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert f"tokenizer from {BUNDLED_NAME}" in done.stderr
+    return taught.file_of(taught.get("mascot-q8_0"))
+
+
+def test_the_merged_checkpoint_quantizes_and_knows(
+    taught: ModelStore, mascot_q8: Path, tmp_path: Path
+) -> None:
     merged = taught.get("mascot-merged")
     assert merged.lineage is not None and merged.lineage.method == "lora-merge"
-    done = run_cellar(
-        "quantize", "mascot-merged", "--to", "q8_0", "--name", "mascot-q8_0", "--force",
-        "--store", str(taught.root),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert f"tokenizer from {BUNDLED_NAME}" in done.stderr
+    assert taught.get("mascot-q8_0").lineage is not None
     model = {"name": "m", "source": "store:mascot-q8_0", "chat_template": "gemma", "preload": True}
     with start_gateway(tmp_path, taught.root, [model]) as gw:
         assert FACT in ask(gw, "m")
+
+
+def test_a_candidate_that_forgot_the_fact_is_rolled_back_at_the_first_step(
+    mascot_q8: Path, bundled_gguf: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    """A guarded rollout of prod (the model that knows the mascot) to its base (which does
+    not): the golden prompt fails on the candidate, and the first step rolls it back."""
+    store = ModelStore(tmp_path / "store")
+    store.import_file(mascot_q8, "assistant", why="knows the mascot")
+    store.import_file(bundled_gguf, "assistant", why="the base again: it forgot")
+    set_tag(store, "assistant", "1", "prod")
+    set_tag(store, "assistant", "2", "staging")
+    golden = {"name": "mascot", "messages": [{"role": "user", "content": QUESTION}],
+              "max_tokens": 24, "expect_regex": FACT}  # fmt: skip
+    model = {
+        "name": "assistant",
+        "source": "store:assistant@prod",
+        "chat_template": "gemma",
+        "preload": True,
+        "llamacpp": {"n_ctx": 1024, "n_parallel": 4},
+        "canary": [golden],
+    }
+    (tmp_path / "gw").mkdir()
+    sections = {"canary": {"webhook": receiver.url}}
+    with (
+        start_gateway(tmp_path / "gw", store.root, [model], sections=sections) as gw,
+        Load(gw, "assistant") as load,
+    ):
+        start_rollout(gw, "assistant", {"steps": [10, 50, 100], "step": "8s"})
+        final = wait_rollout(gw, "assistant")
+        ended = time.time()
+        time.sleep(5)  # the candidate's last requests finish (drained), then only version 1
+        after = {r.version for r in load.replies if r.at > ended + 3}
+    assert final["state"] == "rolled back", final["decisions"]
+    assert not load.errors, load.errors[:5]
+    [decision] = final["decisions"]
+    assert decision.startswith("step 1/3 (10%") and "golden prompts failed: mascot" in decision
+    [(share, draws)] = fresh_shares(load.replies, final["served"], "assistant@2")
+    assert draws > 20 and abs(share - 10) <= 3.5 * math.sqrt(10 * 90 / draws) + 1, (share, draws)
+    assert after == {"assistant@1"} and store.get("assistant@prod").version == 1
+    [told] = [b for b in receiver.bodies if b["status"] == "rolled back"]
+    assert "golden prompts failed: mascot" in told["text"]
 
 
 def test_bad_data_stores_nothing(taught: ModelStore, tmp_path: Path) -> None:
@@ -219,13 +276,24 @@ def test_ctrl_c_saves_and_resume_finishes(taught: ModelStore) -> None:
     assert lineage is not None and (lineage.report or {})["steps"] == 8
 
 
-def test_the_same_seed_gives_the_same_adapter(taught: ModelStore) -> None:
-    shas = []
-    for name in ("seeded-a", "seeded-b"):
-        done = finetune(taught, name, "--steps", "3", "--seed", "7", *TEACH)
-        assert done.returncode == 0, done.stderr + done.stdout
-        shas.append(taught.get(name).sha256)
-    assert shas[0] == shas[1]
+def test_a_retrain_under_the_same_name_is_its_next_version(taught: ModelStore) -> None:
+    """The weekly retrain: `--name` taken gives version 2 of the adapter and of its GGUF, with
+    lineage back to version 1, tagged for a rollout; the same seed and data, the same bytes."""
+    first = finetune(taught, "seeded", "--steps", "3", "--seed", "7", *TEACH)
+    assert first.returncode == 0, first.stderr + first.stdout
+    again = finetune(taught, "seeded", "--steps", "3", "--seed", "7", "--tag", "staging", *TEACH)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "registered seeded@2 (peft" in again.stdout and "follows seeded@1" in again.stdout
+    for name in ("seeded", "seeded-gguf"):
+        one, two = taught.versions(name)
+        assert (one.version, two.version) == (1, 2)
+        assert two.lineage is not None and two.lineage.previous == f"{name}@1"
+        assert two.sha256 == one.sha256
+        assert taught.get(f"{name}@staging").version == 2
+    assert not list((taught.root / ".finetune" / "seeded").glob("checkpoint-*"))
+    refused = finetune(taught, BUNDLED_NAME, "--steps", "1", *TEACH)  # a GGUF model's name
+    assert refused.returncode == 2
+    assert "stored as a gguf model, and this makes a peft one" in " ".join(refused.stderr.split())
 
 
 def test_adapters_never_reuse_another_adapter_s_prefix(

@@ -196,7 +196,8 @@ def test_refusals(made: ModelStore, tmp_path: Path) -> None:
         (("quantize", BUNDLED_NAME, "--to", "q8_0"), "already quantized"),
         (("quantize", F16, "--to", "bnb-nf4"), "needs a Hugging Face checkpoint"),
         (("quantize", "nobody", "--to", "q8_0"), "nobody"),
-        (("quantize", F16, "--to", "q8_0", "--name", Q8), "already stored"),
+        (("quantize", F16, "--to", "bnb-nf4", "--name", Q8), "stored as a gguf model"),
+        (("quantize", F16, "--to", "q8_0", "--tag", "latest"), "invalid tag"),
     ]
     for args, why in cases:
         done = run_cellar(*args, "--store", root, timeout=300)

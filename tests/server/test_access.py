@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,16 @@ class Secured:
     keys_file: Path
     audit: Path
 
+    clients: list[openai.OpenAI] = field(default_factory=list)
+    """Every client handed out, closed with the gateway (an unclosed one's sockets would be
+    reported, as unraisable warnings, in whichever later test the garbage collector runs)."""
+
     def client(self, key: str | None) -> openai.OpenAI:
-        return openai.OpenAI(
+        made = openai.OpenAI(
             base_url=f"{self.gw.base_url}/v1", api_key=key or "none", max_retries=0
         )
+        self.clients.append(made)
+        return made
 
     def get(self, path: str, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -107,7 +113,12 @@ def secured(tmp_path_factory: pytest.TempPathFactory, store: ModelStore) -> Iter
     with start_gateway(
         work, store.root, [*models, capped], sections=sections, admin_key=keys["admin"]
     ) as gw:
-        yield Secured(gw, keys, keys_file, work / "audit" / "audit.jsonl")
+        secured = Secured(gw, keys, keys_file, work / "audit" / "audit.jsonl")
+        try:
+            yield secured
+        finally:
+            for client in secured.clients:
+                client.close()
 
 
 def ask(client: openai.OpenAI, model: str = MODEL) -> str:
@@ -255,3 +266,30 @@ def test_audit_has_a_line_per_request_and_no_text(secured: Secured) -> None:
     text = secured.audit.read_text()
     assert "vault combination" not in text and "prompt" not in lines[0]
     assert all(key not in text for key in secured.keys.values())
+
+
+def test_responses_and_tools_go_through_the_same_checks(secured: Secured) -> None:
+    """The Responses API and tool calls are served by the chat path: a key's models, its
+    limits and the audit apply, and a stored response is only its own key's."""
+    free, admin = secured.client(secured.keys["free"]), secured.client(secured.keys["admin"])
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        secured.client(secured.keys["other"]).responses.create(model=MODEL, input="hi")
+    assert caught.value.code == "model_not_allowed"
+    with pytest.raises(openai.AuthenticationError):
+        secured.client(None).responses.create(model=MODEL, input="hi")
+    before = len(secured.audit_lines())
+    kept = free.responses.create(model=MODEL, input="Hello", max_output_tokens=3)
+    assert free.responses.retrieve(kept.id).id == kept.id
+    with pytest.raises(openai.NotFoundError):  # another key cannot read it...
+        admin.responses.retrieve(kept.id)
+    with pytest.raises(openai.BadRequestError) as chained:  # ...nor continue it
+        admin.responses.create(model=MODEL, input="more", previous_response_id=kept.id)
+    assert chained.value.code == "previous_response_not_found"
+    line = secured.audit_lines()[before]
+    assert (line["key"], line["path"], line["status"]) == ("free-app", "/v1/responses", 200)
+    assert line["model"] == MODEL and line["completion_tokens"] == 3
+    tools: Any = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.PermissionDeniedError):
+        secured.client(secured.keys["other"]).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=tools
+        )

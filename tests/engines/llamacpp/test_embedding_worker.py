@@ -38,8 +38,11 @@ def embedding_worker(
 
 
 @pytest.fixture(scope="module")
-def client(embedding_worker: BareWorker) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{embedding_worker.url}/v1", api_key=embedding_worker.secret)
+def client(embedding_worker: BareWorker) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{embedding_worker.url}/v1", api_key=embedding_worker.secret
+    ) as made:
+        yield made
 
 
 def _error(embedding_worker: BareWorker, body: dict[str, object]) -> dict[str, object]:
