@@ -33,6 +33,8 @@ def parse_size(value: int | str) -> int:
     """Bytes from 123, "512MiB", "8GB"..."""
     if isinstance(value, int):
         return value
+    if not isinstance(value, str):  # a request body may hold anything
+        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB or 8GB)")
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {value!r} (use e.g. 512MiB or 8GB)")
@@ -43,6 +45,8 @@ def parse_duration(value: int | float | str) -> float:
     """Seconds from 30, "2s", "15m", "1h"; -1 (or "-1") means forever."""
     if isinstance(value, int | float):
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, or -1 for never)")
     match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
     if not match:
         raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 1h, or -1 for never)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +156,16 @@ def test_two_thousand_inputs_without_stalling_the_chat_model(embedding_gateway: 
         target=lambda: answers.append(client.embeddings.create(model=EMBEDDER, input=texts))
     )
     big.start()
-    chat_times: list[float] = []
-    while big.is_alive() and len(chat_times) < 5:
-        started = time.monotonic()
+    answered_meanwhile = 0  # chat answers that came back while the 2000 inputs were embedding
+    while big.is_alive() and answered_meanwhile < 5:
         client.completions.create(model=MODEL, prompt="Hello", max_tokens=4)
-        chat_times.append(time.monotonic() - started)
+        answered_meanwhile += big.is_alive()
     big.join(timeout=600)
     [answer] = answers
     assert [item.index for item in answer.data] == list(range(2000))
     again = client.embeddings.create(model=EMBEDDER, input=texts[1234])
     assert _cosine(answer.data[1234].embedding, again.data[0].embedding) >= 0.9999
-    assert chat_times and max(chat_times) < 10  # the chat model answered meanwhile
+    assert answered_meanwhile  # the chat model was not queued behind the big request
     with pytest.raises(openai.BadRequestError) as too_many:
         client.embeddings.create(model=EMBEDDER, input=["x"] * 2049)
     assert "2048" in str(too_many.value)
