@@ -73,6 +73,7 @@ def test_plans_rise_to_100_and_callers_keep_their_version_as_the_share_grows() -
     for steps in ([50, 10, 100], [10, 50], [0, 100], []):
         with pytest.raises(ValidationError):
             RolloutPlan(steps=steps)
+    step: object
     for step in ({}, [], None, "soon"):  # a request body's durations (the fuzzer sent `{}`)
         with pytest.raises(ValidationError, match="duration"):
             RolloutPlan.model_validate({"step": step})
