@@ -24,6 +24,10 @@ def default_canary_history() -> Path:
     return Path(platformdirs.user_data_dir("cellar")) / "canary.csv"
 
 
+def default_batches_dir() -> Path:
+    return Path(platformdirs.user_data_dir("cellar")) / "batches"
+
+
 def rotated_files(path: Path) -> list[Path]:
     """The log and its rotated files, oldest first (the current file last)."""
     rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from cellar.config_access import (
     AuditSettings,
     AuthSettings,
+    BatchSettings,
     CanarySettings,
     DriftSettings,
     GoldenPrompt,
@@ -336,6 +337,9 @@ class CellarConfig(Strict):
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log.")
     canary: CanarySettings = Field(default_factory=CanarySettings, description="Canary checks.")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="The drift report.")
+    batches: BatchSettings = Field(
+        default_factory=BatchSettings, description="Files, batches and background priority."
+    )
 
     @field_validator("models")
     @classmethod

@@ -1,5 +1,5 @@
 """Config sections for running Cellar where others can reach it: API keys, limits, the audit log,
-TLS, canary checks (golden prompts run on a schedule) and the drift report."""
+TLS, canary checks (golden prompts run on a schedule), the drift report, batches and priorities."""
 
 from __future__ import annotations
 
@@ -155,3 +155,53 @@ class GoldenPrompt(Strict):
         elif (self.expect_regex is None) == (self.expect_json_schema is None):
             raise ValueError("give exactly one of `expect_regex` or `expect_json_schema`")
         return self
+
+
+class BatchSettings(Strict):
+    """The Files and Batches API: request files run in the background at a low priority, kept in
+    a SQLite database so a restart resumes them; and how background work shares the slots."""
+
+    enabled: bool = Field(True, description="Serve /v1/files and /v1/batches.")
+    dir: Path | None = Field(
+        None, description="Files and the database. Default: <user data dir>/cellar/batches."
+    )
+    max_file_size: Size = Field(
+        200 * 2**20, ge=1024, description="Largest uploaded file (413 beyond)."
+    )
+    max_requests: int = Field(
+        50_000, ge=1, le=1_000_000, description="Most requests (lines) in one batch file."
+    )
+    file_ttl: Duration = Field(
+        30 * 86400,
+        gt=0,
+        description="Files are deleted this long after they are made (results: after their "
+        "batch ends).",
+    )
+    max_bytes_per_key: Size = Field(
+        2 * 2**30, ge=1024, description="Bytes of files one key may keep (429 beyond)."
+    )
+    max_queued_per_key: int = Field(
+        200_000, ge=1, description="Requests one key may have waiting in its unfinished batches."
+    )
+    in_flight: int = Field(
+        8, ge=1, le=256, description="Requests of one batch sent to its model at a time."
+    )
+    priority: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Priority of batch requests (above 0: background work; higher waits more).",
+    )
+    background_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Share of a model's slots background work (batches, requests with priority "
+        "above 0) may hold while interactive requests are about; when none are, it takes them "
+        "all. Running requests are never stopped.",
+    )
+    interactive_grace: Duration = Field(
+        5,
+        ge=0,
+        description="Interactive requests count as about for this long after the last one ends.",
+    )

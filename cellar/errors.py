@@ -130,6 +130,15 @@ class Overloaded(ApiError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class QuotaExceeded(ApiError):
+    """The key keeps as much as it may (file bytes, queued batch requests): 429, and waiting
+    does not help until something of its own is deleted or finishes."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class InvalidApiKey(ApiError):
     """No key, or one that is wrong, expired or revoked (401)."""
 

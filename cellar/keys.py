@@ -46,6 +46,12 @@ class KeyRecord(BaseModel):
     models: list[str] | None = Field(None, description="Models it may use; None: all.")
     rpm: int | None = Field(None, description="Requests per minute; None: unlimited.")
     tpm: int | None = Field(None, description="Tokens per minute; None: unlimited.")
+    priority: int = Field(
+        0,
+        ge=-100,
+        le=1000,
+        description="Queue priority of its requests (lower first; above 0: background work).",
+    )
     created: datetime
     expires: datetime | None = None
     revoked: datetime | None = None
@@ -177,6 +183,7 @@ class KeyFile:
         tpm: int | None = None,
         expires: datetime | None = None,
         now: datetime | None = None,
+        priority: int = 0,
     ) -> tuple[KeyRecord, str]:
         """A new key: its record (stored) and the key itself (shown once, never stored)."""
         now = now or datetime.now(UTC)
@@ -201,6 +208,7 @@ class KeyFile:
             models=models,
             rpm=rpm,
             tpm=tpm,
+            priority=priority,
             created=now,
             expires=expires,
             salt=salt.hex(),
@@ -235,6 +243,7 @@ def describe(record: KeyRecord, now: datetime) -> dict[str, str]:
         "models": ",".join(record.models) if record.models else "all",
         "rpm": str(record.rpm or "-"),
         "tpm": str(record.tpm or "-"),
+        "priority": str(record.priority),
         "state": record.state(now),
         "created": f"{record.created:%Y-%m-%d %H:%M}",
         "expires": f"{record.expires:%Y-%m-%d %H:%M}" if record.expires else "never",

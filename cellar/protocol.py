@@ -25,6 +25,15 @@ MAX_LOGIT_BIAS = 1024
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+    priority: int | None = Field(
+        None,
+        ge=-100,
+        le=1000,
+        description="Place in the model's queue (vLLM's name): lower goes first; above 0 is "
+        "background work, which takes only the slots interactive requests leave. Default: the "
+        "key's; a key other than an admin's may not go below its own.",
+    )
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")

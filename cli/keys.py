@@ -44,6 +44,15 @@ def create(
     role: Annotated[str, typer.Option(help="user, or admin (may also call /admin)")] = "user",
     rpm: Annotated[int | None, typer.Option(help="Requests per minute")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute (prompt + completion)")] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            min=-100,
+            max=1000,
+            help="Queue priority of its requests: lower goes first; above 0 is background "
+            "work, which takes only the slots interactive requests leave",
+        ),
+    ] = 0,
     expires: Annotated[
         str | None, typer.Option(help="Lifetime (90d, 12h) or an ISO date (default: never)")
     ] = None,
@@ -65,6 +74,7 @@ def create(
         tpm=tpm,
         expires=when,
         now=now,
+        priority=priority,
     )
     err.print(
         f"created key {record.id} for {record.name!r} ({record.role}) in {path}. "

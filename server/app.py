@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from fastapi import FastAPI
 
 from cellar import __version__
 from cellar.auditlog import default_canary_history
-from cellar.config_access import CanarySettings, DriftSettings, LimitSettings
+from cellar.config_access import BatchSettings, CanarySettings, DriftSettings, LimitSettings
 from cellar.deployments import ResolvedDeployment, Resolver
 from cellar.server.audit import AuditLog, AuditMiddleware
 from cellar.server.auth import Authenticator
+from cellar.server.batches import Batches
 from cellar.server.bodylimit import BodyLimit
 from cellar.server.canary import Canary
 from cellar.server.deployment import Limits
@@ -27,11 +29,15 @@ from cellar.server.hosts import LOOPBACK_NAMES, HostCheck
 from cellar.server.metrics import Metrics
 from cellar.server.proxy import Proxy
 from cellar.server.responses import Responses
+from cellar.server.routes import batches as batch_routes
 from cellar.server.routes import openai, ops, rollouts
 from cellar.server.service import CompletionService
 from cellar.server.supervisor import Estimator, Launcher, Supervisor
 from cellar.store import ModelStore
 from cellar.web import install_error_handlers
+
+UPLOAD_OVERHEAD = 64 * 1024
+"""Bytes of a file upload's multipart framing allowed beyond the file itself."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class Access:
     hosts: frozenset[str] | None = LOOPBACK_NAMES
     """Host names answered (`server.allowed_hosts` and loopback); None: any."""
     drift: DriftSettings = field(default_factory=DriftSettings)
+    batches: BatchSettings = field(default_factory=BatchSettings)
+    batches_dir: Path | None = None
+    """Where files and batches are kept; None: no Files and Batches API."""
 
 
 def create_app(
@@ -95,14 +104,24 @@ def create_app(
                 supervisor, store, canary, metrics, client, access.canary.webhook
             )
             app.state.completions.rollouts = app.state.rollouts = guarded
+            batches = None
+            if access.batches_dir is not None and access.batches.enabled:
+                batches = Batches(
+                    access.batches, access.batches_dir, access.auth, metrics, _audit_writer(access)
+                )
+            app.state.batches = batches
             supervisor.start()
             canary.start()
             drift.start()
             await guarded.recover()
             guarded.start_watching()
+            if batches is not None:
+                await batches.start(app)
             try:
                 yield
             finally:
+                if batches is not None:
+                    await batches.stop()
                 await guarded.stop()
                 await drift.stop()
                 await canary.stop()
@@ -122,14 +141,29 @@ def create_app(
     app.state.auth = access.auth
     app.state.audit = access.audit
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=access.limits.max_body)
+    uploads = {"/v1/files": access.batches.max_file_size + UPLOAD_OVERHEAD}
+    app.add_middleware(BodyLimit, max_bytes=access.limits.max_body, larger=uploads)
     app.add_middleware(HostCheck, allowed=access.hosts)
     app.add_middleware(AuditMiddleware, audit=access.audit)  # outermost: sees every refusal
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(rollouts.router)
+    app.include_router(batch_routes.router)
+    app.include_router(batch_routes.admin_router)
     _document_models(app, [d.spec.name for d in deployments])
     return app
+
+
+def _audit_writer(access: Access) -> Callable[[dict[str, Any]], None] | None:
+    """Where a batch's end is recorded: a line of the audit log."""
+    audit = access.audit
+    if audit is None:
+        return None
+
+    def write(fields: dict[str, Any]) -> None:
+        audit.write({"time": datetime.now(UTC).isoformat(), **fields})
+
+    return write
 
 
 def _document_models(app: FastAPI, names: list[str]) -> None:

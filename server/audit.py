@@ -28,6 +28,9 @@ _ERROR_BODY_MAX = 8192
 class AuditEntry:
     key: str | None = None
     key_id: str | None = None
+    batch: str | None = None
+    """The batch a request belongs to (server/batches.py)."""
+    priority: int | None = None
     model: str | None = None
     version: str | None = None
     """The stored version that answered (NAME@K), when the model comes from the store."""

@@ -51,6 +51,8 @@ class Principal:
     rpm: int | None = None
     tpm: int | None = None
     key_id: str | None = None
+    priority: int = 0
+    """Where its requests wait when they do not say (lower first; above 0: background)."""
 
     def check_model(self, model: str) -> None:
         if self.models is not None and model not in self.models:
@@ -59,13 +61,29 @@ class Principal:
             )
 
 
+BATCH_SCOPE = "cellar.batch"
+"""The ASGI scope key of a batch's request, sent in-process by server/batches.py (a request from
+the network never has it)."""
+
+
+@dataclass(frozen=True)
+class OnBehalf:
+    """A batch's request: whose it is, and its place in the queue."""
+
+    principal: Principal
+    batch_id: str
+    priority: int
+
+
 OPEN = Principal(name="-", role="admin", models=None)
 """The caller when keys are not in use."""
 
 
 def _principal(record: KeyRecord) -> Principal:
     models = frozenset(record.models) if record.models is not None else None
-    return Principal(record.name, record.role, models, record.rpm, record.tpm, record.id)
+    return Principal(
+        record.name, record.role, models, record.rpm, record.tpm, record.id, record.priority
+    )
 
 
 class Authenticator:
@@ -147,6 +165,17 @@ class Authenticator:
             raise InvalidApiKey(f"The API key {record.name!r} has been {state}.")
         return _principal(record)
 
+    def principal_of(self, key_id: str | None) -> Principal | None:
+        """The caller a key id stands for now (a batch runs as its owner); None when the key
+        is gone, revoked or expired."""
+        self.refresh()
+        if not self.required:
+            return OPEN
+        record = self._records.get(key_id or "")
+        if record is None or record.state(datetime.now(UTC)) != "active":
+            return None
+        return _principal(record)
+
 
 def _authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
@@ -156,8 +185,16 @@ def _authenticator(request: Request) -> Authenticator:
 async def require_key(request: Request) -> Principal:
     """Dependency of the /v1 routes; the caller lands on request.state.principal (and on the
     audit entry: the key's name and id, never the key)."""
-    header = request.headers.get("authorization")
     entry = getattr(request.state, "audit", None)
+    inside = request.scope.get(BATCH_SCOPE)  # set in-process only (server/batches.py)
+    if inside is not None:
+        request.state.principal = inside.principal
+        if entry is not None:
+            entry.key, entry.key_id = inside.principal.name, inside.principal.key_id
+            entry.batch = inside.batch_id
+        principal: Principal = inside.principal
+        return principal
+    header = request.headers.get("authorization")
     client = request.client.host if request.client else None
     try:
         principal = await _authenticator(request).authenticate(header, client)

@@ -12,24 +12,46 @@ def _refusal(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is larger than this server's limit of {limit} bytes.")
 
 
+def _counted(receive: Receive, limit: int) -> Receive:
+    """`receive`, refusing (413, through the app's error handling) past `limit` bytes."""
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise _refusal(limit)
+        return message
+
+    return counted
+
+
 class BodyLimit:
     """Refuses a declared Content-Length over the cap at once (413). A body without one
     (chunked) is read first, up to the cap, and refused the same way when it passes it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
+        """Paths that take more (file uploads): their bodies are counted as they stream, never
+        held in memory."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await self._refuse(send)
+            if declared.isdigit() and int(declared) > limit:
+                await send_error(send, _refusal(limit))
                 return
             await self.app(scope, receive, send)
+            return
+        if limit != self.max_bytes:
+            await self.app(scope, _counted(receive, limit), send)
             return
         body = bytearray()
         while True:

@@ -262,7 +262,7 @@ class Deployment:
         own = self.gpu_claims.get(device, 0.0) if self.holds_memory else 0.0
         return own + self.extra_claims.get(device, 0.0)
 
-    def lease(self, engine: Engine, sticky: str | None = None) -> Lease:
+    def lease(self, engine: Engine, sticky: str | None = None, priority: int = 0) -> Lease:
         """A turn on `engine` (counted until released, so a switch knows when it drained);
         during a guarded rollout, on the candidate's engine instead when `sticky` falls in its
         share."""
@@ -276,7 +276,7 @@ class Deployment:
                 shadow = candidate.mirrors(sticky)
         self.inflight[id(engine)] = self.inflight.get(id(engine), 0) + 1
         self.last_used = time.monotonic()
-        return Lease(self, engine, resolved, arm, shadow)
+        return Lease(self, engine, resolved, arm, shadow, priority)
 
     def serving(self, engine: Engine) -> int:
         return self.inflight.get(id(engine), 0)
@@ -335,6 +335,8 @@ class Lease:
     """During a guarded rollout: which version (cellar.rollouts CURRENT or CANDIDATE)."""
     shadow: bool = False
     """Also send this request to the rollout's candidate (shadow mode)."""
+    priority: int = 0
+    """Its place in the admission queue (above 0: background work)."""
 
     def release(self) -> None:
         deployment = self.deployment
@@ -343,7 +345,7 @@ class Lease:
         deployment.inflight[key] = deployment.inflight.get(key, 1) - 1
         if deployment.inflight[key] <= 0:
             del deployment.inflight[key]
-        deployment.admission.leave()
+        deployment.admission.leave(self.priority)
         deployment._wake()  # a switch may be waiting for the engine to drain
 
 
@@ -354,3 +356,7 @@ class Limits:
     load_timeout_s: float
     drain_timeout_s: float = 600.0
     """How long a switch waits for requests on the old version before stopping it."""
+    background_share: float = 0.25
+    """The share of a model's slots background work holds while interactive requests are
+    about (server/admission.py)."""
+    interactive_grace_s: float = 5.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import uvicorn
 
-from cellar.auditlog import default_audit_path, default_canary_history
+from cellar.auditlog import default_audit_path, default_batches_dir, default_canary_history
 from cellar.config import CellarConfig, beside, load_config
 from cellar.engines.choice import resolver_here
 from cellar.engines.launch import ProcessLauncher, memory_estimate
@@ -37,7 +37,14 @@ def limits_of(config: CellarConfig) -> Limits:
     budget = server.memory_budget
     if budget == "auto":
         budget = int(physical_memory() * AUTO_BUDGET_SHARE)
-    return Limits(budget, server.keep_alive, server.load_timeout_s, server.drain_timeout)
+    return Limits(
+        budget,
+        server.keep_alive,
+        server.load_timeout_s,
+        server.drain_timeout,
+        config.batches.background_share,
+        config.batches.interactive_grace,
+    )
 
 
 def access_of(config: CellarConfig, config_file: Path) -> Access:
@@ -76,6 +83,8 @@ def access_of(config: CellarConfig, config_file: Path) -> Access:
         history,
         hosts,
         config.drift,
+        config.batches,
+        beside(config_file, config.batches.dir) or default_batches_dir(),
     )
 
 

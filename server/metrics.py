@@ -129,6 +129,23 @@ class Metrics:
             ["model_name", "feature"],
             registry=self.registry,
         )
+        self.batch_requests = Gauge(
+            "cellar:batch_requests",
+            "Requests of unfinished batches, queued or running, by batch priority.",
+            ["priority", "state"],
+            registry=self.registry,
+        )
+        self.batch_done = Counter(
+            "cellar:batch_requests_finished",
+            "Batch requests answered, completed (2xx) or failed, by batch priority.",
+            ["priority", "outcome"],
+            registry=self.registry,
+        )
+        self.batch_oldest_age = Gauge(
+            "cellar:batch_oldest_queued_age_seconds",
+            "Age of the oldest batch with requests still queued (0: none).",
+            registry=self.registry,
+        )
 
         prompt = ["model_name", "prompt"]
         self.canary_passed = Gauge(

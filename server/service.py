@@ -16,11 +16,17 @@ from cellar.engines.base import Engine
 from cellar.engines.grammar import BUILD_TIMEOUT_S, check_format, needs_building
 from cellar.engines.passthrough import schema_given, structured_outputs
 from cellar.engines.toolcalls import CallRewriter, check_tools_served
-from cellar.errors import ApiError, ContextLengthExceeded, InvalidRequest, RequestTimeout
+from cellar.errors import (
+    ApiError,
+    ContextLengthExceeded,
+    InvalidRequest,
+    PermissionDenied,
+    RequestTimeout,
+)
 from cellar.features import script_mix
 from cellar.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from cellar.server.audit import AuditEntry
-from cellar.server.auth import OPEN, Principal
+from cellar.server.auth import BATCH_SCOPE, OPEN, OnBehalf, Principal
 from cellar.server.deployment import Deployment
 from cellar.server.guarded import GuardedRollouts
 from cellar.server.metrics import STATUS_CLIENT_GONE, Metrics, Outcome
@@ -61,6 +67,8 @@ class Ask:
     """How the engine's answers are rewritten (tool calls read out of its text)."""
     user: str | None = None
     """The request's `user`: a guarded rollout keeps one user on one version."""
+    priority: int | None = None
+    """The request's `priority`, if it gave one."""
 
 
 def check_room(body: ChatCompletionRequest | CompletionRequest, window: int | None) -> None:
@@ -90,6 +98,24 @@ def _caller(request: Request, asked: Ask) -> str:
     if principal.key_id is not None:
         return f"key:{principal.key_id}"
     return f"client:{request.client.host if request.client else '-'}"
+
+
+def _priority(request: Request, asked: Ask) -> int:
+    """Where the request waits for a turn: a batch's own priority; else the request's, which
+    only an admin key may set below the key's default."""
+    inside: OnBehalf | None = request.scope.get(BATCH_SCOPE)
+    if inside is not None:
+        return inside.priority
+    principal: Principal = getattr(request.state, "principal", OPEN)
+    if asked.priority is None:
+        return principal.priority
+    if asked.priority < principal.priority and principal.role != "admin":
+        raise PermissionDenied(
+            f"The API key {principal.name!r} may not ask for a priority below its own "
+            f"({principal.priority}).",
+            param="priority",
+        )
+    return asked.priority
 
 
 def _entry(request: Request) -> AuditEntry | None:
@@ -150,7 +176,14 @@ class CompletionService:
             return engine.rewriter(body)
 
         ask = Ask(
-            path, body.model, check, prepare, body.wants_usage_in_stream(), rewriter, body.user
+            path,
+            body.model,
+            check,
+            prepare,
+            body.wants_usage_in_stream(),
+            rewriter,
+            body.user,
+            body.priority,
         )
         return await self._serve(request, entry, ask)
 
@@ -175,7 +208,15 @@ class CompletionService:
             # vLLM's dialect tokenizes up to 2,048 inputs to check them: off the loop
             return await asyncio.to_thread(engine.prepare, EMBEDDINGS_PATH, body)
 
-        ask = Ask(EMBEDDINGS_PATH, body.model, check, prepare, False, user=body.user)
+        ask = Ask(
+            EMBEDDINGS_PATH,
+            body.model,
+            check,
+            prepare,
+            False,
+            user=body.user,
+            priority=body.priority,
+        )
         return await self._serve(request, entry, ask)
 
     async def _serve(self, request: Request, entry: AuditEntry | None, ask: Ask) -> Response:
@@ -186,13 +227,16 @@ class CompletionService:
         deployment = self.supervisor.get(ask.model)  # unknown models: 404 before anything else
         outcome = self.metrics.outcome(ask.model, started)
         try:
+            priority = _priority(request, ask)
+            if entry is not None:
+                entry.priority = priority
             grant = self.limiter.admit(principal, ask.check(deployment))
             tap = self._tap(entry, grant)
             try:
-                response = await self._attempt(request, ask, outcome, tap)
+                response = await self._attempt(request, ask, outcome, tap, priority)
             except WorkerUnreachable:
                 # The worker died before the gateway noticed; the request never reached it.
-                response = await self._attempt(request, ask, outcome, tap)
+                response = await self._attempt(request, ask, outcome, tap, priority)
         except ApiError as exc:
             outcome.finish(exc.status)
             raise
@@ -237,12 +281,14 @@ class CompletionService:
         loop = asyncio.get_running_loop()
         return loop.time() + self.request_timeout_s - (time.monotonic() - started)
 
-    async def _attempt(self, request: Request, asked: Ask, outcome: Outcome, tap: Tap) -> Response:
+    async def _attempt(
+        self, request: Request, asked: Ask, outcome: Outcome, tap: Tap, priority: int
+    ) -> Response:
         deadline = self._deadline(outcome.started)
         model = asked.model
         try:
             async with asyncio.timeout_at(deadline):
-                acquired = self.supervisor.acquire(model, _caller(request, asked))
+                acquired = self.supervisor.acquire(model, _caller(request, asked), priority)
                 lease = await unless_disconnected(request, acquired)
         except TimeoutError:
             raise RequestTimeout(
@@ -251,6 +297,7 @@ class CompletionService:
         try:
             payload = await asked.prepare(lease.engine)
             payload["model"] = self.supervisor.worker_name(model)
+            payload.pop("priority", None)  # the gateway's queue used it
         except BaseException:
             lease.release()
             raise

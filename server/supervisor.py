@@ -80,6 +80,8 @@ class Supervisor:
                     concurrency,
                     spec.max_queue,
                     separate_groups=bool(resolved.adapters) and not resolved.mixes_adapters,
+                    background_share=limits.background_share,
+                    grace_s=limits.interactive_grace_s,
                 ),
                 estimate_bytes=self.estimate(resolved),
                 keep_alive_s=keep_alive_of(resolved, limits.keep_alive_s),
@@ -152,17 +154,18 @@ class Supervisor:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def acquire(self, name: str, sticky: str | None = None) -> Lease:
-        """A turn on the model's ready engine: waits in its queue, then for it to load. During
-        a guarded rollout, `sticky` (the caller) decides which version answers."""
+    async def acquire(self, name: str, sticky: str | None = None, priority: int = 0) -> Lease:
+        """A turn on the model's ready engine: waits in its queue (by `priority`, lower
+        first), then for it to load. During a guarded rollout, `sticky` (the caller) decides
+        which version answers."""
         deployment = self.get(name)
-        await deployment.admission.enter(self.worker_name(name))
+        await deployment.admission.enter(self.worker_name(name), priority)
         try:
             engine = await self._ready(deployment)
         except BaseException:
-            deployment.admission.leave()
+            deployment.admission.leave(priority)
             raise
-        return deployment.lease(engine, sticky)
+        return deployment.lease(engine, sticky, priority)
 
     async def _ready(self, deployment: Deployment) -> Engine:
         if deployment.paused is not None:  # a switch with no room for both versions

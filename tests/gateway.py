@@ -121,8 +121,8 @@ def write_config(
     server: dict[str, Any] | None = None,
     sections: dict[str, Any] | None = None,
 ) -> Path:
-    """A config beside `path`; its key file, audit log and canary history live there too (never
-    the user's)."""
+    """A config beside `path`; its key file, audit log, canary history and batches live there too
+    (never the user's)."""
     config: dict[str, Any] = {
         "server": {"port": port, **(server or {})},
         "store": {"path": str(store)},
@@ -130,6 +130,7 @@ def write_config(
         "auth": {"keys_file": str(path.parent / "keys.json")},
         "audit": {"path": str(path.parent / "audit" / "audit.jsonl")},
         "canary": {"history": str(path.parent / "canary.csv")},
+        "batches": {"dir": str(path.parent / "batches")},
     }
     for name, section in (sections or {}).items():
         config[name] = {**config.get(name, {}), **section}

@@ -22,7 +22,7 @@ import uvicorn
 
 from cellar.benchmarks.suite.echo import Echo
 from cellar.config import ModelDeployment
-from cellar.config_access import AuthSettings, LimitSettings
+from cellar.config_access import AuthSettings, BatchSettings, LimitSettings
 from cellar.deployments import Artifact, ResolvedDeployment, Resolver
 from cellar.engines.base import EngineState
 from cellar.engines.channel import Channel
@@ -175,6 +175,7 @@ async def serve_gateway(
     resolver: Resolver | None = None,
     auth_mode: Literal["auto", "keys", "none"] = "none",
     audit: AuditLog | None = None,
+    batches: BatchSettings | None = None,
 ) -> AsyncIterator[InProcessGateway]:
     """The real gateway app on a free loopback port, in this event loop; its key file is
     `tmp/keys.json` (no keys are asked for unless `auth_mode` says so)."""
@@ -183,8 +184,17 @@ async def serve_gateway(
         LimitSettings(),
         audit,
         canary_history=tmp / "canary.jsonl",
+        batches=batches or BatchSettings(),
+        batches_dir=tmp / "batches",
     )
-    limits = Limits(budget_bytes, keep_alive_s, load_timeout_s)
+    settings = access.batches
+    limits = Limits(
+        budget_bytes,
+        keep_alive_s,
+        load_timeout_s,
+        background_share=settings.background_share,
+        interactive_grace_s=settings.interactive_grace,
+    )
     store = ModelStore(tmp / "store")
     app = create_app(deployments, store, launcher, lambda _: estimate, limits, access, resolver)
     port = free_port()

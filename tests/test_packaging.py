@@ -108,6 +108,7 @@ def test_the_installed_wheel_serves_from_a_folder_of_decoys(
                 "store": {"path": str(store.root)},
                 "auth": {"mode": "none"},
                 "audit": {"enabled": False},
+                "batches": {"dir": str(work / "batches")},
                 "models": [model],
             }
         )
