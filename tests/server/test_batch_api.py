@@ -255,3 +255,29 @@ def test_a_batch_left_unfinished_resumes_without_answering_twice(tmp_path: Path)
         assert launches.engines[-1].echo.completions == 6
 
     asyncio.run(scenario())
+
+
+def test_a_key_may_wait_longer_but_not_jump_the_queue(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        keys = KeyFile(tmp_path / "keys.json")
+        _, user = keys.create("app")
+        _, night = keys.create("nightly", priority=20)
+        _, admin = keys.create("ops", role="admin")
+        async with serve_gateway(
+            [resolved("m", tmp_path)], tmp_path, Launches(), auth_mode="keys"
+        ) as gw:
+            body = {"model": "m", "prompt": "hi", "max_tokens": 2}
+
+            async def send(key: str, **extra: Any) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {key}"}
+                return await gw.http.post("/v1/completions", json=body | extra, headers=headers)
+
+            assert (await send(user, priority=5)).status_code == 200
+            jumped = await send(user, priority=-1)
+            assert jumped.status_code == 403 and jumped.json()["error"]["param"] == "priority"
+            assert (await send(night, priority=3)).status_code == 403  # its own is 20
+            assert (await send(night)).status_code == 200
+            assert (await send(admin, priority=-50)).status_code == 200
+            assert (await send(user, priority=5000)).status_code == 400
+
+    asyncio.run(scenario())
