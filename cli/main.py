@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cellar.cli.batches import batches_app
 from cellar.cli.bench import bench_app
 from cellar.cli.bundle import bundle_app
 from cellar.cli.common import Commands, ConfigOpt, console, fail
@@ -43,6 +44,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tools_app, name="tools")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(batches_app, name="batches")
 app.command()(canary)
 models_app.command("tag")(tag_model)
 models_app.command("untag")(untag_model)

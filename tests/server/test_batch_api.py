@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
 from cellar.batchfile import batch_lines, read_lines, result_line
+from cellar.cli.main import app
 from cellar.config_access import BatchSettings
 from cellar.keys import KeyFile
 from cellar.server.batchstore import BatchStore
@@ -96,12 +98,21 @@ def test_a_batch_answers_each_request_once_and_files_a_bad_body_with_its_reason(
             assert [b["id"] for b in listed["data"]] == [batch["id"]]
             progress = (await gw.http.get("/admin/batches")).json()["data"]
             assert progress[0]["request_counts"]["completed"] == 39
-            assert (
-                await gw.metric(
-                    "cellar:batch_requests_finished_total", priority="10", outcome="completed"
-                )
-                == 39
+            finished_total = "cellar:batch_requests_finished_total"
+            assert await gw.metric(finished_total, priority="10", outcome="completed") == 39
+            url = ["--base-url", gw.base_url]
+            listed_cli = await asyncio.to_thread(
+                CliRunner().invoke, app, ["batches", "list", "--json", *url]
             )
+            assert json.loads(listed_cli.output)["data"][0]["id"] == batch["id"]
+            shown = await asyncio.to_thread(
+                CliRunner().invoke, app, ["batches", "show", batch["id"], *url]
+            )
+            assert "40/40 (100%)" in shown.output, shown.output
+            again = await asyncio.to_thread(
+                CliRunner().invoke, app, ["batches", "cancel", batch["id"], *url]
+            )
+            assert again.exit_code == 2 and "only an unfinished batch" in again.output
 
     asyncio.run(scenario())
 
