@@ -62,7 +62,8 @@ def test_a_500_request_batch_survives_a_killed_gateway_with_each_answer_once(
         batch = client.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        assert batch.status == "in_progress" and batch.request_counts.total == N
+        assert batch.status == "in_progress"
+        assert batch.request_counts is not None and batch.request_counts.total == N
         halfway = wait_for(
             client, batch.id, lambda b: b.request_counts.completed >= N // 2, timeout_s=900
         )
