@@ -50,7 +50,7 @@ EMBED_DIR    := build/models/$(EMBED_NAME)
 EMBED_GGUF   := $(EMBED_NAME)-f16
 EMBEDDED     := build/.imported-$(EMBED_GGUF)
 
-.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server bench-embeddings clean
+.PHONY: setup tools vllm serve test test-fast lint typecheck pytest schema bench bench-warmup bench-vllm bench-adapters bench-llama-server bench-embeddings bench-batches clean
 
 setup: $(IMPORTED) $(EMBEDDED) tools
 
@@ -154,6 +154,10 @@ bench-llama-server: setup $(LLAMA_SDIST)
 # Embeddings: inputs/s and query latency against sentence-transformers' encode (same threads).
 bench-embeddings: setup
 	$(PY) -m cellar.benchmarks.embeddings
+
+# Interactive TTFT with and without a batch running, and the batch's requests/s (priorities).
+bench-batches: setup
+	$(PY) -m cellar.benchmarks.batch_priority
 
 schema: $(INSTALLED)
 	$(CELLAR) config schema > configs/schema.json
