@@ -75,6 +75,9 @@ async def openapi(request: Request) -> dict[str, Any]:
 async def metrics(request: Request) -> Response:
     service = _service(request)
     await service.supervisor.refresh_load()
+    batches = getattr(request.app.state, "batches", None)
+    if batches is not None:
+        await batches.refresh_metrics()
     service.metrics.audit_dropped(_audit(request).get("dropped", 0))
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -100,6 +100,8 @@ def test_a_batch_answers_each_request_once_and_files_a_bad_body_with_its_reason(
             assert progress[0]["request_counts"]["completed"] == 39
             finished_total = "cellar:batch_requests_finished_total"
             assert await gw.metric(finished_total, priority="10", outcome="completed") == 39
+            assert await gw.metric("cellar:batch_requests", priority="10", state="queued") == 0
+            assert await gw.metric("cellar:batch_oldest_queued_age_seconds") == 0
             url = ["--base-url", gw.base_url]
             listed_cli = await asyncio.to_thread(
                 CliRunner().invoke, app, ["batches", "list", "--json", *url]
@@ -227,6 +229,8 @@ def test_cancel_stops_new_requests_and_files_the_rest(tmp_path: Path) -> None:
             body = {"input_file_id": file["id"], "endpoint": "/v1/completions"}
             batch_id = (await gw.http.post("/v1/batches", json=body)).json()["id"]
             await until(lambda: bool(launches.engines) and launches.engines[0].echo.completions > 0)
+            assert await gw.metric("cellar:batch_requests", priority="10", state="queued") > 20
+            assert await gw.metric("cellar:batch_requests", priority="10", state="running") >= 1
             cancelling = await gw.http.post(f"/v1/batches/{batch_id}/cancel")
             assert cancelling.json()["status"] in ("cancelling", "cancelled")
             started = launches.engines[0].echo.completions
