@@ -179,10 +179,12 @@ def test_a_key_sees_only_its_own_files_and_batches(tmp_path: Path) -> None:
                 ("POST", f"/v1/batches/{batch['id']}/cancel"),
                 ("GET", f"/v1/files/{batch['output_file_id']}/content"),
                 ("GET", "/v1/files/file-000000000000000000000000"),
+                ("GET", "/v1/files/..%2Fbatches.sqlite3/content"),  # ids never become paths
+                ("GET", "/v1/files/%2E%2E/content"),
             ):
                 refused = await gw.http.request(method, path, headers=as_bob)
                 assert refused.status_code == 404, (method, path, refused.text)
-                assert "No such" in refused.json()["error"]["message"]
+                assert "no such" in refused.json()["error"]["message"].lower()
             stolen = await gw.http.post(
                 "/v1/batches",
                 json={"input_file_id": file["id"], "endpoint": "/v1/completions"},
