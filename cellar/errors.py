@@ -122,12 +122,13 @@ class Overloaded(ApiError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        """None: waiting would not help (no Retry-After is sent)."""
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 class QuotaExceeded(ApiError):
@@ -137,6 +138,14 @@ class QuotaExceeded(ApiError):
     status = 429
     type = "insufficient_quota"
     code = "quota_exceeded"
+
+
+class StorageFull(ApiError):
+    """The server's disk has no room for what the request would keep (507); nothing was kept."""
+
+    status = 507
+    type = "server_error"
+    code = "storage_full"
 
 
 class InvalidApiKey(ApiError):
@@ -185,7 +194,9 @@ class RequestTimeout(ApiError):
 class RateLimited(Overloaded):
     """The key went over its requests or tokens per minute (429 with x-ratelimit-* headers)."""
 
-    def __init__(self, message: str, *, retry_after_s: int, limit_headers: dict[str, str]) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None, limit_headers: dict[str, str]
+    ) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.limit_headers = limit_headers
 

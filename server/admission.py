@@ -121,7 +121,8 @@ class Admission:
             if turn.done() and not turn.cancelled():
                 self.leave(priority)  # the turn was granted as we left: pass it on
             else:
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # (a hand-over may have passed it, cancelled, by)
+                    self._waiters.remove(waiter)
                 self._hand_over()  # the head may have changed group
             raise
 

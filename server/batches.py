@@ -218,7 +218,7 @@ class Batches:
                 answer: Any = response.json()
             except ValueError:
                 answer = {"error": {"message": response.text[:1000], "type": "server_error"}}
-            if response.status_code == 429 and _retryable_429(answer):
+            if response.status_code == 429 and _retryable_429(answer, response):
                 await asyncio.sleep(_retry_after(response))
                 continue
             if response.status_code in (502, 503) and failures < RETRIES:
@@ -299,10 +299,15 @@ def _error(code: str) -> dict[str, Any]:
     return {"code": code, "message": "the batch stopped on an internal error; see the server log"}
 
 
-def _retryable_429(answer: Any) -> bool:
-    """A rate limit or a full queue, which pass; not a quota, which waiting does not clear."""
+def _retryable_429(answer: Any, response: httpx.Response) -> bool:
+    """A rate limit or a full queue, which pass; not a quota, nor a request bigger than its
+    key's whole minute (no Retry-After), which waiting does not clear."""
     error = answer.get("error") if isinstance(answer, dict) else None
-    return isinstance(error, dict) and error.get("type") == "rate_limit_error"
+    return (
+        isinstance(error, dict)
+        and error.get("type") == "rate_limit_error"
+        and "retry-after" in response.headers
+    )
 
 
 def _retry_after(response: httpx.Response) -> float:

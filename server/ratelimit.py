@@ -108,7 +108,7 @@ class RateLimiter:
                     f"This request may use {estimated_tokens} tokens, more than the "
                     f"{principal.tpm} tokens per minute of the API key {principal.name!r}. "
                     "Lower max_tokens or shorten the prompt.",
-                    retry_after_s=60,
+                    retry_after_s=None,  # no wait helps
                     limit_headers=headers,
                 )
             what = "requests" if on_requests else "tokens"

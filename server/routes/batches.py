@@ -4,6 +4,7 @@ admin key sees all. Someone else's id answers exactly as an unknown one does (40
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 from pathlib import Path
@@ -24,7 +25,13 @@ from cellar.batchfile import (
     read_lines,
 )
 from cellar.config_access import BatchSettings
-from cellar.errors import InvalidRequest, NotFound, QuotaExceeded, RequestTooLarge
+from cellar.errors import (
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    RequestTooLarge,
+    StorageFull,
+)
 from cellar.server.auth import OPEN, Principal, require_admin, require_key
 from cellar.server.batches import WINDOWS, Batches
 from cellar.server.batchstore import UNFINISHED, FileRecord, new_id
@@ -77,6 +84,13 @@ def _keep(source: IO[bytes], path: Path, settings: BatchSettings) -> tuple[int, 
             os.fsync(out.fileno())
         with open(path, "rb") as handle:
             summary = check_batch_file(read_lines(handle), settings.max_requests)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(
+                "The server's disk is full; the file was not kept. Try again later."
+            ) from None
+        raise
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -296,5 +297,53 @@ def test_a_key_may_wait_longer_but_not_jump_the_queue(tmp_path: Path) -> None:
             assert (await send(night)).status_code == 200
             assert (await send(admin, priority=-50)).status_code == 200
             assert (await send(user, priority=5000)).status_code == 400
+
+    asyncio.run(scenario())
+
+
+def test_a_full_disk_is_a_507_and_keeps_nothing(tmp_path: Path, monkeypatch: Any) -> None:
+    real_open = os.open
+
+    def no_room(path: Any, flags: int, mode: int = 0o777) -> int:
+        if Path(path).parent.name == "files":  # the upload's copy: a disk with no room left
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode)
+
+    async def scenario() -> None:
+        async with serve_gateway([resolved("m", tmp_path)], tmp_path, Launches()) as gw:
+            monkeypatch.setattr(os, "open", no_room)
+            full = await upload(gw, jsonl([request_line("a")]))
+            monkeypatch.undo()
+            assert full.status_code == 507 and full.json()["error"]["code"] == "storage_full"
+            assert (await gw.http.get("/v1/files")).json()["data"] == []
+            assert list((tmp_path / "batches" / "files").iterdir()) == []
+            assert (await upload(gw, jsonl([request_line("a")]))).status_code == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_request_larger_than_its_key_s_minute_fails_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        keys = KeyFile(tmp_path / "keys.json")
+        _, key = keys.create("small", tpm=200)
+        async with serve_gateway(
+            [resolved("m", tmp_path)], tmp_path, Launches(), auth_mode="keys"
+        ) as gw:
+            items = [request_line("small"), request_line("huge", max_tokens=1000)]
+            file = (await upload(gw, jsonl(items), key=key)).json()
+            created = await gw.http.post(
+                "/v1/batches",
+                json={"input_file_id": file["id"], "endpoint": "/v1/completions"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            batch = await finished(gw, created.json()["id"], key=key)
+            assert batch["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+            content = await gw.http.get(
+                f"/v1/files/{batch['error_file_id']}/content",
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            [huge] = [json.loads(line) for line in content.text.splitlines()]
+            assert huge["custom_id"] == "huge" and huge["response"]["status_code"] == 429
+            assert "tokens per minute" in huge["response"]["body"]["error"]["message"]
 
     asyncio.run(scenario())
