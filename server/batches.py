@@ -86,7 +86,7 @@ class Batches:
                 await asyncio.to_thread(self.store.delete_file, file_id)
                 log.info("file %s expired and was deleted", file_id)
             await self.refresh_metrics()
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(min(SWEEP_S, self.settings.file_ttl / 2))
 
     async def refresh_metrics(self) -> None:
         unfinished = await asyncio.to_thread(self.store.list_batches, None, 1_000_000, None, True)

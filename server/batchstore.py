@@ -158,7 +158,7 @@ class BatchStore:
         self, file_id: str, owner: str, purpose: str, filename: str, size: int, ttl_s: float
     ) -> FileRecord:
         now = int(time.time())
-        record = FileRecord(file_id, owner, purpose, filename, size, now, now + int(ttl_s))
+        record = FileRecord(file_id, owner, purpose, filename, size, now, int(now + ttl_s))
         with self._tx() as db:
             db.execute(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -351,7 +351,14 @@ class BatchStore:
             for kind, (file_id, size) in files.items():
                 db.execute(
                     "INSERT INTO files VALUES (?, ?, 'batch_output', ?, ?, ?, ?)",
-                    (file_id, batch["owner"], f"{batch_id}_{kind}.jsonl", size, now, now + ttl_s),
+                    (
+                        file_id,
+                        batch["owner"],
+                        f"{batch_id}_{kind}.jsonl",
+                        size,
+                        now,
+                        int(now + ttl_s),
+                    ),
                 )
             db.execute(
                 f"UPDATE batches SET status = ?, {status}_at = ?, output_file_id = ?, "

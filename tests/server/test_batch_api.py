@@ -347,3 +347,17 @@ def test_a_request_larger_than_its_key_s_minute_fails_at_once(tmp_path: Path) ->
             assert "tokens per minute" in huge["response"]["body"]["error"]["message"]
 
     asyncio.run(scenario())
+
+
+def test_files_expire(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        settings = BatchSettings(file_ttl=0.4)
+        async with serve_gateway(
+            [resolved("m", tmp_path)], tmp_path, Launches(), batches=settings
+        ) as gw:
+            file = (await upload(gw, jsonl([request_line("a")]))).json()
+            assert (await gw.http.get(f"/v1/files/{file['id']}")).status_code == 200
+            await until(lambda: not list((tmp_path / "batches" / "files").iterdir()), 5)
+            assert (await gw.http.get(f"/v1/files/{file['id']}")).status_code == 404
+
+    asyncio.run(scenario())
