@@ -361,3 +361,31 @@ def test_files_expire(tmp_path: Path) -> None:
             assert (await gw.http.get(f"/v1/files/{file['id']}")).status_code == 404
 
     asyncio.run(scenario())
+
+
+def test_an_embeddings_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        deployment = resolved("e", tmp_path, task="embed")
+        async with serve_gateway([deployment], tmp_path, Launches()) as gw:
+            items = [
+                {
+                    "custom_id": f"v{i}",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "e", "input": [f"text {i}", "more"]},
+                }
+                for i in range(5)
+            ]
+            file = (await upload(gw, jsonl(items))).json()
+            wrong = await gw.http.post(
+                "/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/completions"}
+            )
+            assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "endpoint"
+            created = await gw.http.post(
+                "/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/embeddings"}
+            )
+            batch = await finished(gw, created.json()["id"])
+            output = await lines_of(gw, batch["output_file_id"])
+            assert [len(line["response"]["body"]["data"]) for line in output] == [2] * 5
+
+    asyncio.run(scenario())
