@@ -110,10 +110,13 @@ class Batches:
         if batch_id not in self._tasks:
             self._tasks[batch_id] = asyncio.create_task(self._run(batch_id))
 
-    def cancel(self, batch_id: str) -> None:
-        """No new request of the batch starts; it ends as cancelled once those in flight end."""
+    async def cancel(self, batch_id: str) -> bool:
+        """No new request of the batch starts; it ends as cancelled once those in flight end.
+        False when it had ended already."""
+        if not await asyncio.to_thread(self.store.mark_cancelling, batch_id):
+            return False
         self._cancelled.add(batch_id)
-        self.store.set_status(batch_id, "cancelling")
+        return True
 
     def running_requests(self, batch_id: str) -> int:
         return self._running.get(batch_id, 0)
@@ -179,7 +182,10 @@ class Batches:
                 {**scope, BATCH_SCOPE: OnBehalf(principal, batch_id, priority)}, receive, send
             )
 
-        transport = httpx.ASGITransport(app=as_owner, client=("127.0.0.1", 0))
+        # an error inside the app is its 500 answer, filed for that line, not the batch's end
+        transport = httpx.ASGITransport(
+            app=as_owner, raise_app_exceptions=False, client=("127.0.0.1", 0)
+        )
         async with httpx.AsyncClient(
             transport=transport, base_url="http://127.0.0.1", timeout=None
         ) as client:
@@ -202,7 +208,7 @@ class Batches:
                 outcome = "completed" if ok else "failed"
                 self._metrics.batch_done.labels(str(self.settings.priority), outcome).inc()
         finally:
-            self._running[batch_id] -= 1
+            self._running[batch_id] = self._running.get(batch_id, 1) - 1
             slots.release()
 
     async def _send(

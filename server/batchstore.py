@@ -275,6 +275,16 @@ class BatchStore:
                 f"UPDATE batches SET {assignments} WHERE id = ?", (*columns.values(), batch_id)
             )
 
+    def mark_cancelling(self, batch_id: str) -> bool:
+        """Whether the batch was unfinished (and is now `cancelling`)."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE batches SET status = 'cancelling', cancelling_at = ? "
+                "WHERE id = ? AND status IN ('validating', 'in_progress')",
+                (int(time.time()), batch_id),
+            )
+            return cursor.rowcount == 1
+
     def counts(self, batch_id: str) -> Counts:
         rows = self._all(
             "SELECT state, COUNT(*) FROM requests WHERE batch_id = ? GROUP BY state", batch_id

@@ -34,7 +34,7 @@ from cellar.errors import (
 )
 from cellar.server.auth import OPEN, Principal, require_admin, require_key
 from cellar.server.batches import WINDOWS, Batches
-from cellar.server.batchstore import UNFINISHED, FileRecord, new_id
+from cellar.server.batchstore import FileRecord, new_id
 
 router = APIRouter(dependencies=[Depends(require_key)])
 admin_router = APIRouter(dependencies=[Depends(require_admin)])
@@ -337,13 +337,12 @@ async def get_batch(batch_id: str, request: Request) -> dict[str, Any]:
 async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
     batch = await _batch(request, batch_id)
     batches = _batches(request)
-    if batch["status"] not in UNFINISHED:
+    if batch["status"] != "cancelling" and not await batches.cancel(batch_id):
+        now = await asyncio.to_thread(batches.store.get_batch, batch_id) or batch
         raise InvalidRequest(
-            f"{batch_id} is {batch['status']}; only an unfinished batch can be cancelled",
+            f"{batch_id} is {now['status']}; only an unfinished batch can be cancelled",
             param="batch_id",
         )
-    if batch["status"] != "cancelling":
-        await asyncio.to_thread(batches.cancel, batch_id)
     return await get_batch(batch_id, request)
 
 
