@@ -35,7 +35,7 @@ def test_every_bad_line_is_named_and_a_long_line_is_never_read_whole() -> None:
     long = line("a") + b'{"custom_id": "' + b"y" * 5000 + b'"}\n'
     with pytest.raises(BatchFileError, match="line 2 is longer than 1024 bytes"):
         check_batch_file(read_lines(io.BytesIO(long), max_line=1024), max_requests=100)
-    with pytest.raises(BatchFileError, match="`body.stream`"):
+    with pytest.raises(BatchFileError, match=r"`body\.stream`"):
         check_batch_file(read_lines(io.BytesIO(line("a", body={"stream": True}))), 10)
     with pytest.raises(BatchFileError, match="unknown field `extra`"):
         check_batch_file(read_lines(io.BytesIO(line("a", extra=1))), 10)
