@@ -128,10 +128,12 @@ def _ask(gateway: Gateway, case: int, stream: bool) -> tuple[str, list[tuple[str
 
 
 def test_forced_calls_validate_streamed_and_not(gateway: Gateway) -> None:
-    """20 requests over 3 functions (nested objects, enums, arrays, a pattern), named or
-    `required`: every call's arguments parse and validate, and the streamed deltas add up to
-    exactly the call of the same request (same seed) unstreamed."""
-    for case in range(20):  # one at a time: a batch of other requests could change a draw
+    """8 requests over 3 functions (nested objects, enums, arrays, a pattern), each named and
+    `required` twice: every call's arguments parse and validate, and the streamed deltas add up
+    to exactly the call of the same request (same seed) unstreamed. (The issue's 20 per engine
+    were measured once for its closing note; 8 keep every kind in the suite at 40% of the
+    time.)"""
+    for case in range(8):  # one at a time: a batch of other requests could change a draw
         answer, pieces = _ask(gateway, case, False), _ask(gateway, case, True)
         finish, calls = answer
         # OpenAI's reasons: `stop` after a call of a named function, `tool_calls` otherwise
