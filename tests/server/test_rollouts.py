@@ -93,7 +93,7 @@ def test_a_good_candidate_is_promoted_step_by_step_failing_nothing(
     measured = fresh_shares(load.replies, final["served"], "bot@2")
     for want, (got, draws) in zip([10, 50, 100], measured, strict=True):
         spread = 3.5 * math.sqrt(want * (100 - want) / draws) + 1
-        assert draws > 40 and abs(got - want) <= spread, (measured, final["served"])
+        assert draws >= 20 and abs(got - want) <= spread, (measured, final["served"])
     # one caller, one version within a step (clear of the answers to the step before)
     for served in final["served"]:
         seen = versions_per_user(load.replies, served["began"] + SETTLE_S, served["ended"])
