@@ -3,8 +3,8 @@
     python -m cellar.benchmarks.batch_priority [--runs 3] [--clients 4] [--requests 10]
 
 Each run starts a fresh gateway serving the bundled model (llama.cpp, 8 slots, the default
-`batches:` settings: batch requests at priority 10, holding at most a quarter of the slots while
-interactive requests are about). Then, one after the other:
+`batches:` settings: batch requests at priority 10, holding at most an eighth of the slots
+while interactive requests are about). Then, one after the other:
 
 1. idle: `--clients` streaming chat clients, each sending `--requests` requests back to back;
    their time to first token (TTFT).
@@ -42,13 +42,17 @@ GRACE_S = 5.0
 TOPICS = ("the sea", "a clock", "bread", "winter", "a bridge", "music", "rain", "a garden")
 
 
-def _config(work: Path, port: int) -> Path:
+def _config(work: Path, port: int, share: float) -> Path:
     config = {
         "server": {"port": port, "log_level": "warning"},
         "store": {"path": str(work / "store")},
         "auth": {"mode": "none"},
         "audit": {"path": str(work / "audit.jsonl")},
-        "batches": {"dir": str(work / "batches"), "interactive_grace": GRACE_S},
+        "batches": {
+            "dir": str(work / "batches"),
+            "interactive_grace": GRACE_S,
+            "background_share": share,
+        },
         "models": [
             {
                 "name": MODEL,
@@ -146,7 +150,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         with (
-            spawn_gateway(_config(work, port), work / "gateway.log", url),
+            spawn_gateway(_config(work, port, args.share), work / "gateway.log", url),
             httpx.Client(base_url=url, timeout=120, trust_env=False) as http,
         ):
             interactive_ttfts(url, args.clients, 2, args.max_tokens)  # warm the slots
@@ -203,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=3000, help="requests in the batch")
     parser.add_argument("--batch-max-tokens", type=int, default=24)
     parser.add_argument("--window", type=float, default=20.0, help="seconds a rate is measured")
+    parser.add_argument(
+        "--share", type=float, default=0.125, help="batches.background_share of the gateway"
+    )
     args = parser.parse_args(argv)
     runs: list[dict[str, float]] = []
     for index in range(args.runs):

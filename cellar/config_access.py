@@ -193,12 +193,12 @@ class BatchSettings(Strict):
         description="Priority of batch requests (above 0: background work; higher waits more).",
     )
     background_share: float = Field(
-        0.25,
+        0.125,
         ge=0,
         le=1,
         description="Share of a model's slots background work (batches, requests with priority "
-        "above 0) may hold while interactive requests are about; when none are, it takes them "
-        "all. Running requests are never stopped.",
+        "above 0) may hold while interactive requests are about (rounded down, at least one "
+        "unless 0); when none are, it takes them all. Running requests are never stopped.",
     )
     interactive_grace: Duration = Field(
         5,

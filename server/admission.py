@@ -7,7 +7,8 @@ stalls the others. A waiting request that is cancelled (its client went away) le
 Requests with a priority above 0 are background work (batches, or callers that asked for it):
 they take any free slot while nobody else needs one, but while interactive requests (priority 0
 or below) run, wait, or ran within the last `grace_s`, background work holds at most
-`background_share` of the slots, so an interactive request finds a slot free. Running requests
+`background_share` of the slots (rounded down, at least one unless the share is 0), so an
+interactive request finds a slot free. Running requests
 are never stopped; background and interactive waiters are bounded by `max_queue` each.
 
 With `separate_groups`, requests of different groups (LoRA adapters) never run at the same time:
@@ -48,14 +49,16 @@ class Admission:
         max_queue: int,
         separate_groups: bool = False,
         *,
-        background_share: float = 0.25,
+        background_share: float = 0.125,
         grace_s: float = 5.0,
     ) -> None:
         self.model = model
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.separate_groups = separate_groups
-        self.background_slots = math.floor(background_share * max_concurrency)
+        self.background_slots = (
+            max(1, math.floor(background_share * max_concurrency)) if background_share else 0
+        )
         """Slots background work may hold while interactive requests are about."""
         self.grace_s = grace_s
         self.running = 0

@@ -356,7 +356,7 @@ class Limits:
     load_timeout_s: float
     drain_timeout_s: float = 600.0
     """How long a switch waits for requests on the old version before stopping it."""
-    background_share: float = 0.25
+    background_share: float = 0.125
     """The share of a model's slots background work holds while interactive requests are
     about (server/admission.py)."""
     interactive_grace_s: float = 5.0
