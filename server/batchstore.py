@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cellar.batchfile import BatchLine
+from cellar.errors import ConfigError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -123,13 +124,20 @@ class BatchStore:
         self.files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         root.chmod(0o700)
         self.files_dir.chmod(0o700)
-        self._db = sqlite3.connect(root / "batches.sqlite3", check_same_thread=False)
+        path = root / "batches.sqlite3"
+        self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._lock:
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(
+                f"{path}: not a usable batches database ({exc}); move it aside to start with "
+                "none (batches.dir)"
+            ) from None
 
     def close(self) -> None:
         with self._lock:

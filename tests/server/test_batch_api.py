@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from cellar.batchfile import batch_lines, read_lines, result_line
 from cellar.cli.main import app
 from cellar.config_access import BatchSettings
+from cellar.errors import ConfigError
 from cellar.keys import KeyFile
 from cellar.server.batchstore import BatchStore
 from tests.standin import InProcessGateway, Launches, resolved, serve_gateway, until
@@ -389,3 +391,11 @@ def test_an_embeddings_batch(tmp_path: Path) -> None:
             assert [len(line["response"]["body"]["data"]) for line in output] == [2] * 5
 
     asyncio.run(scenario())
+
+
+def test_a_corrupt_database_names_its_file(tmp_path: Path) -> None:
+    root = tmp_path / "batches"
+    root.mkdir()
+    (root / "batches.sqlite3").write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(ConfigError, match=r"batches\.sqlite3: not a usable batches database"):
+        BatchStore(root)
