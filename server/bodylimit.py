@@ -29,7 +29,8 @@ def _counted(receive: Receive, limit: int) -> Receive:
 
 class BodyLimit:
     """Refuses a declared Content-Length over the cap at once (413). A body without one
-    (chunked) is read first, up to the cap, and refused the same way when it passes it."""
+    (chunked) is read first, up to the cap, and refused the same way when it passes it; on the
+    `larger` paths (uploads) it is counted as the app reads it instead, never held whole."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
