@@ -25,6 +25,7 @@ from cellar.config_access import (
     TlsSettings,
 )
 from cellar.config_types import Duration, Size, Strict
+from cellar.cpus import format_cpu_list, parse_cpu_list
 from cellar.errors import ConfigError, StoreError
 from cellar.rollouts import RolloutSettings
 from cellar.versions import check_tag
@@ -250,6 +251,14 @@ class ModelDeployment(Strict):
         300, gt=0, description="How long the worker may take to load before it counts as failed."
     )
     preload: bool = Field(False, description="Load when the gateway starts, not on first use.")
+    cpus: str | None = Field(
+        None,
+        description="CPU cores the worker may run on, as Linux lists them (`0-3,8`); default: "
+        "every core the gateway may use. Workers that share cores slow each other (a vLLM CPU "
+        "worker's OpenMP threads and llama.cpp's decode threads wait on each other's cores): "
+        "give each its own. llama.cpp's `n_threads: auto` becomes the number of these cores; "
+        "vLLM's OpenMP threads are bound to them.",
+    )
     keep_alive: Duration | None = Field(
         None, description="Idle time before unloading (30s, 15m; -1: never); default: server's."
     )
@@ -285,6 +294,11 @@ class ModelDeployment(Strict):
         default_factory=list,
         description="LoRA adapters served on this model, each under `MODEL:NAME` and its aliases.",
     )
+
+    @field_validator("cpus")
+    @classmethod
+    def _cores(cls, value: str | None) -> str | None:
+        return None if value is None else format_cpu_list(parse_cpu_list(value))
 
     @model_validator(mode="after")
     def _goldens_fit_the_task(self) -> ModelDeployment:

@@ -146,7 +146,7 @@ def resolve_one(
     try:
         choice = chooser(spec, artifacts)
     except EngineChoiceError as exc:
-        raise ConfigError(f"{key}.engine: {exc}") from None
+        raise ConfigError(f"{key}.{exc.key}: {exc}") from None
     template = None
     if spec.chat_template is not None:
         try:

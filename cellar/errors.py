@@ -228,7 +228,11 @@ class IntegrityError(StoreError):
 
 class EngineChoiceError(ToolError):
     """No engine can serve a deployment as configured (the message says why); the config
-    loader reports it under the deployment's `engine` key."""
+    loader reports it under the deployment's `key` (`engine` unless the cause is another)."""
+
+    def __init__(self, message: str, *, key: str = "engine") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ConvertError(ToolError):

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from cellar.cpus import usable_cpus
+
 log = logging.getLogger("cellar.hardware")
 
 _SMI_TIMEOUT_S = 10
@@ -27,6 +29,8 @@ class Hardware:
     apple_silicon: bool
     probe: str
     """How the GPUs were found (or looked for): nvml, nvidia-smi, or none."""
+    cpus: frozenset[int] | None = None
+    """The cores the gateway may run on; None where the system cannot pin workers (macOS)."""
 
     def describe_gpus(self) -> str:
         if not self.gpus:
@@ -100,4 +104,4 @@ def is_apple_silicon() -> bool:
 
 def detect() -> Hardware:
     gpus, probe = detect_gpus()
-    return Hardware(tuple(gpus), is_apple_silicon(), probe)
+    return Hardware(tuple(gpus), is_apple_silicon(), probe, usable_cpus())

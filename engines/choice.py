@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cellar.config import CellarConfig, ModelDeployment
+from cellar.cpus import format_cpu_list, parse_cpu_list
 from cellar.deployments import (
     Artifacts,
     EngineChoice,
@@ -41,9 +42,24 @@ class EngineChooser:
         return self._kinds[name].choose(spec, artifacts, self.hardware, why)
 
     def __call__(self, spec: ModelDeployment, artifacts: Artifacts) -> EngineChoice:
+        self._check_cpus(spec)
         if spec.engine != "auto":
             return self._choose(spec.engine, spec, artifacts, f"configured (engine: {spec.engine})")
         return self._auto(spec, artifacts)
+
+    def _check_cpus(self, spec: ModelDeployment) -> None:
+        if spec.cpus is None:
+            return
+        usable = self.hardware.cpus
+        if usable is None:
+            raise EngineChoiceError("this system cannot pin a worker to cores", key="cpus")
+        missing = parse_cpu_list(spec.cpus) - usable
+        if missing:
+            raise EngineChoiceError(
+                f"core(s) {format_cpu_list(missing)} are not among the cores the gateway may "
+                f"run on ({format_cpu_list(usable)})",
+                key="cpus",
+            )
 
     def _auto(self, spec: ModelDeployment, artifacts: Artifacts) -> EngineChoice:
         gpus = self.hardware.gpus

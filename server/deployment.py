@@ -295,6 +295,7 @@ class Deployment:
             "state": self.state.value,
             "engine": self.resolved.engine,
             "pid": self.engine.pid if self.engine is not None and self.holds_memory else None,
+            "cpus": spec.cpus,
             "address": (
                 self.engine.channel.address
                 if self.engine is not None and self.holds_memory

@@ -41,7 +41,7 @@ class LlamaCppKind:
             log_level,
             deployment.adapters,
         )
-        return launch_llamacpp(spec)
+        return launch_llamacpp(spec, deployment.spec.cpus)
 
     def memory_bytes(self, deployment: ResolvedDeployment) -> int:
         return estimate_bytes(deployment.path, deployment.spec.llamacpp)

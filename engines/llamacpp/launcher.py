@@ -14,6 +14,7 @@ from cellar.config import ModelDeployment
 from cellar.engines.channel import SECRET_ENV, Channel
 from cellar.engines.llamacpp.spec import WorkerAdapter, WorkerSpec
 from cellar.engines.passthrough import refuse_structured_extras
+from cellar.engines.pin import pinned
 from cellar.engines.process import WorkerProcess
 from cellar.engines.toolcalls import CallRewriter
 from cellar.hardware import is_apple_silicon
@@ -57,8 +58,8 @@ def worker_env() -> dict[str, str]:
     }
 
 
-def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
-    """A not-yet-started worker process for `spec` on its own private socket."""
+def launch_llamacpp(spec: WorkerSpec, cpus: str | None = None) -> WorkerProcess:
+    """A not-yet-started worker process for `spec` on its own private socket, on `cpus`."""
     channel = Channel.unix(socket_path(), proves=True)
     argv = python_module(
         "cellar.engines.llamacpp.worker",
@@ -70,6 +71,7 @@ def launch_llamacpp(spec: WorkerSpec) -> WorkerProcess:
         str(os.getpid()),
     )
     env = {**worker_env(), SECRET_ENV: channel.secret}
+    argv = pinned(argv, cpus)
     return WorkerProcess(spec.name, argv, channel=channel, dialect=LlamaCppDialect(), env=env)
 
 

@@ -16,6 +16,7 @@ from cellar.child import python_module
 from cellar.config import VllmSettings
 from cellar.deployments import ResolvedDeployment
 from cellar.engines.channel import Channel
+from cellar.engines.pin import pinned
 from cellar.engines.process import WorkerProcess
 from cellar.engines.vllm.control import control_texts
 from cellar.engines.vllm.dialect import InputMeasure, VllmDialect
@@ -114,9 +115,13 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ranks vLLM accepts for --max-lora-rank."""
 
 
-def worker_env(settings: VllmSettings, log_level: str, secret: str) -> dict[str, str]:
+def worker_env(
+    settings: VllmSettings, log_level: str, secret: str, cpus: str | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OFFLINE_ENV)
+    if cpus is not None:  # the CPU build binds its OpenMP threads to cores of its own choosing
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpus
     env["VLLM_LOGGING_LEVEL"] = log_level.upper()
     if settings.cpu_kv_cache_space is not None:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(settings.cpu_kv_cache_space / 2**30)))
@@ -142,7 +147,7 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
     command = [str(interpreter(settings)), "-m", SERVER_MODULE]
     argv = python_module("cellar.engines.guard", "--", *command)
     argv += server_args(deployment, channel.uds, log_level)
-    env = worker_env(settings, log_level, channel.secret)
+    env = worker_env(settings, log_level, channel.secret, deployment.spec.cpus)
     measure = None
     if deployment.spec.task == "embed":
         window = settings.max_model_len or checkpoint_context(deployment.path)
@@ -153,6 +158,7 @@ def launch_vllm(deployment: ResolvedDeployment, log_level: str) -> WorkerProcess
         measure,
         hermes_prompts=not renders_tools(served_template(deployment)),
     )
+    argv = pinned(argv, deployment.spec.cpus)
     return WorkerProcess(deployment.spec.name, argv, channel=channel, dialect=dialect, env=env)
 
 

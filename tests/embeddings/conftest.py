@@ -4,12 +4,14 @@ and one gateway per engine serving it beside the chat model."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cellar.cpus import format_cpu_list
 from cellar.store import ModelStore
 from tests.gateway import ENGINES, Gateway, default_models, run_cellar, start_gateway
 
@@ -72,14 +74,28 @@ def embedding_model(engine: str) -> dict[str, Any]:
     }
 
 
+def split_cores() -> tuple[str, str]:
+    """The gateway's cores in two halves (one core each on the 2-core test machine)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("pinning two workers apart needs two cores")
+    half = len(cores) // 2
+    return format_cpu_list(set(cores[half:])), format_cpu_list(set(cores[:half]))
+
+
 @pytest.fixture(scope="session", params=ENGINES)
 def embedding_gateway(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     embedding_store: ModelStore,
 ) -> Iterator[Gateway]:
-    """The embedding model on one engine, beside the chat model (on llama.cpp)."""
+    """The embedding model on one engine, beside the chat model (on llama.cpp). vLLM's CPU
+    worker binds its OpenMP threads to cores, where llama.cpp's decode threads would wait on
+    them: each gets cores of its own (`cpus`), as the README tells operators to do."""
     work = tmp_path_factory.mktemp(f"embeddings-{request.param}")
-    models = [*default_models(), embedding_model(request.param)]
+    chat, embedder = default_models()[0], embedding_model(request.param)
+    if request.param == "vllm":
+        chat["cpus"], embedder["cpus"] = split_cores()
+    models = [chat, embedder]
     with start_gateway(work, embedding_store.root, models) as gateway:
         yield gateway

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from cellar.benchmarks.suite.record import load_run
+from cellar.cpus import parse_cpu_list
 from tests.embedding_data import PASSAGES, QUESTIONS, VIETNAMESE
 from tests.embeddings.conftest import EMBEDDER, WINDOW
 from tests.gateway import MODEL, Gateway, run_cellar
@@ -169,6 +171,34 @@ def test_two_thousand_inputs_without_stalling_the_chat_model(embedding_gateway: 
     with pytest.raises(openai.BadRequestError) as too_many:
         client.embeddings.create(model=EMBEDDER, input=["x"] * 2049)
     assert "2048" in str(too_many.value)
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid] + [d for child in children for d in _descendants(int(child))]
+
+
+def _allowed_cores(pid: int) -> set[int]:
+    """The union of the cores every thread of `pid` may run on."""
+    cores: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                cores |= parse_cpu_list(line.split(":", 1)[1].strip())
+    return cores
+
+
+def test_each_worker_runs_on_the_cores_it_was_given(embedding_gateway: Gateway) -> None:
+    """Every thread of every process of a pinned worker (vLLM: the guard, its API server, its
+    engine core and their OpenMP threads) stays on the worker's cores; an unpinned one may use
+    all of the gateway's."""
+    everywhere = set(os.sched_getaffinity(0))
+    for name, model in embedding_gateway.admin_models().items():
+        wanted = parse_cpu_list(model["cpus"]) if model["cpus"] else everywhere
+        processes = _descendants(model["pid"])
+        assert len(processes) >= (3 if model["engine"] == "vllm" else 1), name
+        for pid in processes:
+            assert _allowed_cores(pid) == wanted, (name, pid)
 
 
 def test_retrieval_finds_the_passage_like_the_reference(

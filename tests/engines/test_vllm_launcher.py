@@ -92,6 +92,9 @@ def test_environment_is_offline_and_carries_placement(tmp_path: Path) -> None:
     assert env["RAY_ADDRESS"] == "10.0.0.5:6379"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert env["NCCL_DEBUG"] == "WARN"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # vLLM binds its threads as it likes
+    pinned = worker_env(settings, "info", "secret", cpus="2-3,6")
+    assert pinned["VLLM_CPU_OMP_THREADS_BIND"] == "2-3,6"  # to the worker's cores when given
 
 
 def test_concurrency_context_and_memory_come_from_the_vllm_settings(tmp_path: Path) -> None:
