@@ -255,7 +255,11 @@ def test_a_rollout_block_rolls_out_staging_by_itself_and_pauses_on_demand(
     """The config's `rollout:` starts when staging holds another version than prod; live
     checks run on every answer of both versions (this one fails them all, alike); an operator
     pauses the step's clock and resumes it."""
-    block = {"from": "staging", "steps": [50, 100], "step": "6s", "checks": [{"regex": "^NEVER$"}]}
+    # Latency bounds as loose as the good candidate's: 8 sticky callers split unevenly at 50%
+    # (CI once saw 67 of 108 requests go to the candidate), and the one holding more of them
+    # queues behind its 4 slots; that is load, not the version, and not what this test is about.
+    block = {"from": "staging", "steps": [50, 100], "step": "6s", "checks": [{"regex": "^NEVER$"}],
+             "bounds": {"max_latency_increase": 1.0}}  # fmt: skip
     (tmp_path / "gw").mkdir()
     with (
         start_gateway(tmp_path / "gw", bots.root, models(rollout=block)) as gw,
