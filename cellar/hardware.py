@@ -7,6 +7,7 @@ import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from cellar.cpus import usable_cpus
 
@@ -96,6 +97,23 @@ def detect_gpus() -> tuple[list[Gpu], str]:
         if gpus is not None:
             return gpus, probe
     return [], "none"
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""x86 instructions that compute in bfloat16 (Linux's names for them in /proc/cpuinfo)."""
+
+
+def cpu_computes_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bfloat16 instructions (Linux; False where it cannot tell)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return bool(BF16_FLAGS & set(value.split()))
+    return False
 
 
 def is_apple_silicon() -> bool:

@@ -117,6 +117,13 @@ def finetune(
     restart: Annotated[bool, typer.Option(help="Discard a stopped run of this name")] = False,
     merge: Annotated[bool, typer.Option(help="Also store a merged checkpoint NAME-merged")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's)")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto, fp32 or bf16: what the passes compute in (auto: bf16 on a GPU that has "
+            "it, and for LoRA on a CPU with AVX512-BF16/AMX, under autocast over fp32 weights)"
+        ),
+    ] = "auto",
     tag: Annotated[
         str | None, typer.Option(help="Tag the new versions, e.g. staging for a rollout")
     ] = None,
@@ -143,6 +150,7 @@ def finetune(
         seed=seed,
         eval_every=eval_every,
         save_every=save_every,
+        precision=precision,
     )
     for flag, path in (("--data", data), ("--eval", eval_data)):
         if path is not None and not path.is_file():
@@ -188,7 +196,8 @@ def finetune(
     if outcome.eval_loss is not None and outcome.first_eval_loss is not None:
         losses += f", eval loss {outcome.first_eval_loss:.4f} -> {outcome.eval_loss:.4f}"
     console.print(
-        f"trained {outcome.steps} steps in {result.seconds:.0f} s on {result.base.name}: {losses}",
+        f"trained {outcome.steps} steps in {result.seconds:.0f} s ({outcome.precision}) on "
+        f"{result.base.name}: {losses}",
         highlight=False,
     )
     for manifest in result.registered:

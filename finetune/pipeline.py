@@ -31,7 +31,7 @@ from cellar.convert import llamacpp_tools
 from cellar.convert.gguf_to_hf import convert_to_hf
 from cellar.errors import IntegrityError, StoreError, ToolError
 from cellar.finetune.data import DataError, Encoded, Encoder, Example, encode_all, read_examples
-from cellar.finetune.train import Hyper, Outcome, Progress, train
+from cellar.finetune.train import PRECISIONS, Hyper, Outcome, Progress, train
 from cellar.fingerprint import versions
 from cellar.hashing import sha256_file
 from cellar.store import PEFT_CONFIG, Format, Lineage, Manifest, ModelStore
@@ -241,6 +241,10 @@ def run(
         raise FinetuneError(f"--name {request.name}: {exc}") from None
     if request.hyper.method not in ("lora", "qlora"):
         raise FinetuneError(f"unknown method {request.hyper.method!r}; choose lora or qlora")
+    if request.hyper.precision not in PRECISIONS:
+        raise FinetuneError(
+            f"unknown precision {request.hyper.precision!r}; choose {', '.join(PRECISIONS)}"
+        )
     llamacpp_tools.script("convert_lora_to_gguf.py")  # installed, or say how to install it
     examples = read_examples(request.data)  # bad data stops everything before any work
     held = read_examples(request.eval_data) if request.eval_data else []
@@ -295,6 +299,7 @@ def run(
         "eval_loss": outcome.eval_loss,
         "eval_history": outcome.eval_history,
         "seconds": round(result.seconds, 1),
+        "precision": outcome.precision,
     }
     parameters = {**request.hyper.as_dict(), "data": data}
 

@@ -27,6 +27,7 @@ from cellar.engines.llamacpp.native import (
     NativeModel,
 )
 from cellar.engines.llamacpp.scheduler import BatchScheduler, common_prefix
+from cellar.hardware import cpu_computes_bf16
 from cellar.store import ModelStore
 from cellar.tags import set_tag
 from tests.gateway import (
@@ -117,6 +118,7 @@ def test_eval_loss_falls_and_lineage_is_recorded(taught: ModelStore) -> None:
     report = lineage.report or {}
     assert report["eval_loss"] < report["eval_loss_start"] / 5, report
     assert report["train_loss"] < 1.0 and report["steps"] == 30
+    assert report["precision"] == ("bf16" if cpu_computes_bf16() else "fp32")  # auto, LoRA
     data = lineage.parameters["data"]
     assert data["examples"] == 24 and data["eval"]["examples"] == 5
     assert len(data["sha256"]) == 64 and lineage.parameters["rank"] == 8
@@ -222,6 +224,9 @@ def test_bad_data_stores_nothing(taught: ModelStore, tmp_path: Path) -> None:
     assert "nothing was trained or stored" in done.stderr
     long = finetune(taught, "long", "--max-length", "24", *TEACH)
     assert long.returncode == 2 and f"{TRAIN}:2: " in long.stderr and "--max-length" in long.stderr
+    fp8 = finetune(taught, "fp8", "--precision", "fp8", *TEACH)
+    refusal = "unknown precision 'fp8'; choose auto, fp32, bf16"
+    assert fp8.returncode == 2 and refusal in " ".join(fp8.stderr.split())
     assert contents(taught) == before
     assert not (taught.root / ".finetune" / "bad").exists()
 
@@ -232,6 +237,7 @@ def test_qlora_runs_a_few_steps_and_loads(taught: ModelStore) -> None:
     assert "QLoRA is meant for GPUs" in " ".join(done.stderr.split())
     adapter = taught.get("mascot-q")
     assert adapter.lineage is not None and adapter.lineage.method == "qlora"
+    assert (adapter.lineage.report or {})["precision"] == "fp32"  # bitsandbytes' CPU kernels
     assert taught.get("mascot-q-gguf").format == "gguf-lora"
     code = (
         "import sys\n"
