@@ -8,14 +8,15 @@ import os
 import sys
 
 from cellar.child import python_module
-from cellar.cpus import format_cpu_list, parse_cpu_list
+from cellar.cpus import parse_cpu_list
 
 
 def pinned(argv: list[str], cpus: str | None) -> list[str]:
-    """`argv` run on `cpus` (a core list as the config holds it); `argv` itself when None."""
+    """`argv` run on `cpus` (a core list, as the config has checked it); `argv` itself when
+    None."""
     if cpus is None:
         return argv
-    return python_module("cellar.engines.pin", format_cpu_list(parse_cpu_list(cpus)), "--", *argv)
+    return python_module("cellar.engines.pin", cpus, "--", *argv)
 
 
 def main(args: list[str]) -> None:

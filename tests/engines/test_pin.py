@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,9 +33,23 @@ def test_no_cores_leaves_the_command_as_it_is() -> None:
     assert pinned(["worker", "--flag"], None) == ["worker", "--flag"]
 
 
-@pytest.mark.parametrize("args", [[], ["0"], ["0", "worker"], ["x-", "--", "true"]])
-def test_a_bad_invocation_fails_without_running_anything(args: list[str]) -> None:
+@pytest.mark.parametrize("cores", ["x-", "0-99999", "9999"])
+def test_bad_cores_fail_without_running_the_command(tmp_path: Path, cores: str) -> None:
+    trace = tmp_path / "ran"
+    command = [sys.executable, "-c", f"open({str(trace)!r}, 'w')"]
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "cellar.engines.pin", cores, "--", *command],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and not trace.exists()
+    ran = subprocess.run(pinned(command, str(max(os.sched_getaffinity(0)))), timeout=60)
+    assert ran.returncode == 0 and trace.exists()  # the same command, on good cores, runs
+
+
+@pytest.mark.parametrize("args", [[], ["0"], ["0", "worker"]])
+def test_a_bad_invocation_is_refused(args: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-P", "-m", "cellar.engines.pin", *args], capture_output=True, timeout=60
     )
-    assert done.returncode != 0
+    assert done.returncode != 0 and b"usage" in done.stderr
