@@ -26,6 +26,7 @@ from cellar.server.deployment import Limits
 from cellar.server.drift import DriftMonitor
 from cellar.server.guarded import GuardedRollouts
 from cellar.server.hosts import LOOPBACK_NAMES, HostCheck
+from cellar.server.loopwatch import LoopWatch
 from cellar.server.metrics import Metrics
 from cellar.server.proxy import Proxy
 from cellar.server.responses import Responses
@@ -75,6 +76,8 @@ def create_app(
         # and never through the environment's HTTP proxy.
         async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             metrics = Metrics()
+            watch = LoopWatch(lambda _: metrics.loop_stalls.inc())
+            watch.start()
             supervisor = Supervisor(
                 deployments, store, launcher, estimator, limits, metrics, resolver
             )
@@ -128,6 +131,7 @@ def create_app(
                 await supervisor.stop_all()
                 if access.audit is not None:
                     access.audit.close()
+                watch.stop()
 
     # No /docs or /redoc (they load their scripts from a CDN); /openapi.json is an admin route.
     app = FastAPI(

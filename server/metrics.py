@@ -172,6 +172,11 @@ class Metrics:
             "Audit lines lost: the disk refused them, or the writer's queue was full.",
             registry=self.registry,
         )
+        self.loop_stalls = Counter(
+            "cellar:event_loop_stalls",
+            "Times the gateway's event loop did not run for 10 s or more (every request waited).",
+            registry=self.registry,
+        )
         self.canary_last_run = Gauge(
             "cellar:canary_last_run_timestamp_seconds",
             "When the model's canary last ran (Unix time).",

@@ -7,12 +7,14 @@ Each test drives the supervisor, admission, proxy or metrics over real HTTP in a
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cellar.deployments import ResolvedDeployment
+from cellar.server import loopwatch
 from tests.standin import Launches, resolved, serve_gateway, until
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 4}
@@ -183,5 +185,20 @@ def test_beyond_the_queue_requests_get_429_and_are_counted(tmp_path: Path) -> No
             labels = {"model_name": "m"}
             assert await gw.metric("cellar:requests_total", status="429", **labels) == 1
             assert await gw.metric("cellar:requests_total", status="200", **labels) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_loop_is_counted_in_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loopwatch, "STALL_S", 0.3)
+    monkeypatch.setattr(loopwatch, "INTERVAL_S", 0.05)
+
+    async def scenario() -> None:
+        async with serve_gateway([resolved("m", tmp_path)], tmp_path, Launches()) as gw:
+            time.sleep(0.8)  # the gateway runs in this loop: nothing else turns meanwhile
+            await asyncio.sleep(0.2)
+            assert await gw.metric("cellar:event_loop_stalls_total") == 1
 
     asyncio.run(scenario())
