@@ -140,7 +140,11 @@ class VllmSettings(Strict):
     quantization: str | None = Field(
         None, description="vLLM quantization method, e.g. awq, gptq, fp8, bitsandbytes."
     )
-    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower).")
+    enforce_eager: bool = Field(
+        False,
+        description="Skip torch.compile and CUDA graphs: less memory and a faster start, slower "
+        "decoding (on the CPU: ready in ~65 s instead of ~170 s, 6-9% fewer tokens/s).",
+    )
     distributed_executor_backend: Literal["auto", "mp", "ray"] = Field(
         "auto",
         description="How a model spread over several GPUs runs: `mp` (processes on this host), "
