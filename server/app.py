@@ -76,8 +76,6 @@ def create_app(
         # and never through the environment's HTTP proxy.
         async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
             metrics = Metrics()
-            watch = LoopWatch(lambda _: metrics.loop_stalls.inc())
-            watch.start()
             supervisor = Supervisor(
                 deployments, store, launcher, estimator, limits, metrics, resolver
             )
@@ -120,6 +118,8 @@ def create_app(
             guarded.start_watching()
             if batches is not None:
                 await batches.start(app)
+            watch = LoopWatch(lambda _: metrics.loop_stalls.inc())
+            watch.start()
             try:
                 yield
             finally:
@@ -129,9 +129,9 @@ def create_app(
                 await drift.stop()
                 await canary.stop()
                 await supervisor.stop_all()
+                watch.stop()
                 if access.audit is not None:
                     access.audit.close()
-                watch.stop()
 
     # No /docs or /redoc (they load their scripts from a CDN); /openapi.json is an admin route.
     app = FastAPI(
