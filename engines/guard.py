@@ -18,13 +18,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
 
 PR_SET_PDEATHSIG = 1
 GRACE_S = 8.0
+POLL_S = 0.1
 
 
 def _die_with_parent() -> None:
@@ -68,22 +68,27 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         return 1
-    child = subprocess.Popen(command)
-    stopping = threading.Event()
+    stop: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
+        # Only note it: a handler can be interrupted by the next signal, and one that took a
+        # lock (an Event's, Popen's) would then wait for itself forever (the guard once hung
+        # so, and vLLM outlived a killed gateway).
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)  # before the command starts: none is missed
+    signal.signal(signal.SIGINT, on_signal)
+    child = subprocess.Popen(command)
+    while child.poll() is None and not stop:
+        time.sleep(POLL_S)
+    if stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # later ones change nothing
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while child.poll() is None:
-        if stopping.wait(0.5):
-            deadline = time.monotonic() + GRACE_S
-            while child.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            break
+        deadline = time.monotonic() + GRACE_S
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
     if child.poll() is None:
         child.kill()
     code = child.wait()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from cellar.child import python_module
+from cellar.engines.guard import GRACE_S
 from tests.gateway import process_alive
 
 # A "server" that spawns a grandchild in its own group and sleeps; both write their pids.
@@ -81,4 +82,29 @@ def test_sigterm_stops_the_command_and_exit_status_passes_through(tmp_path: Path
     grandchild = _wait_for(marker)
     os.kill(guard.pid, signal.SIGTERM)
     assert guard.wait(timeout=30) == 128 + signal.SIGTERM
+    assert _gone(grandchild)
+
+
+STUBBORN = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SPAWNER
+"""A command that ignores SIGTERM: the guard must kill it when its grace period runs out."""
+
+
+def test_signals_that_keep_coming_still_end_everything(tmp_path: Path) -> None:
+    """A dying gateway sends SIGTERM (the parent-death signal) and more may follow. A lock
+    taken in a signal handler deadlocks when the next signal interrupts it: the guard once hung
+    so, and vLLM outlived a killed gateway. Here signals keep coming through the whole grace
+    period, and the guard still kills what ignores them, and ends."""
+    marker = tmp_path / "grandchild.pid"
+    guard = subprocess.Popen(
+        [*python_module("cellar.engines.guard", "--"), sys.executable, "-c", STUBBORN,
+         str(marker)],
+        start_new_session=True,
+    )  # fmt: skip
+    grandchild = _wait_for(marker)
+    deadline = time.monotonic() + GRACE_S + 20
+    while guard.poll() is None:
+        assert time.monotonic() < deadline, "the guard hung while signals arrived"
+        os.kill(guard.pid, signal.SIGTERM)
+        time.sleep(0.0005)
+    assert guard.returncode == 128 + signal.SIGKILL  # the command ignored SIGTERM
     assert _gone(grandchild)
