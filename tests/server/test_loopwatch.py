@@ -32,21 +32,21 @@ def test_a_blocked_loop_is_caught_where_it_blocks(
 ) -> None:
     stalls: list[float] = []
     with (tmp_path / "stderr").open("w+") as stacks:
-        watch = LoopWatch(stalls.append, stall_s=0.3, interval_s=0.05, stacks_to=stacks)
-        asyncio.run(_run(watch, block_s=0.8))
+        watch = LoopWatch(stalls.append, stall_s=1.0, interval_s=0.05, stacks_to=stacks)
+        asyncio.run(_run(watch, block_s=2.0))
         stacks.seek(0)
         written = stacks.read()
     assert "_block_the_loop" in written, written
-    assert len(stalls) == 1 and 0.7 < stalls[0] < 2, stalls
+    assert [s for s in stalls if 1.9 < s < 4], stalls  # the block; a busy machine may add none
     assert "the event loop did not run for" in caplog.text
 
 
 def test_a_turning_loop_is_left_alone(tmp_path: Path) -> None:
     stalls: list[float] = []
     with (tmp_path / "stderr").open("w+") as stacks:
-        watch = LoopWatch(stalls.append, stall_s=0.3, interval_s=0.05, stacks_to=stacks)
+        watch = LoopWatch(stalls.append, stall_s=1.0, interval_s=0.05, stacks_to=stacks)
         asyncio.run(_run(watch, block_s=0))
-        time.sleep(0.5)  # past the stall time: a stopped watch writes nothing either
+        time.sleep(1.2)  # past the stall time: a stopped watch writes nothing either
         stacks.seek(0)
         assert stacks.read() == ""
     assert stalls == []
